@@ -1,0 +1,163 @@
+#!/usr/bin/python
+"""Run a benchmark command with warm-up and repeats, parse its metrics, aggregate them."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: bench_command_run
+short_description: Run a benchmark command and parse its metrics
+description:
+  - Runs I(argv) (no shell) I(warmup) times, discarding the results, then I(repeats) times.
+  - Metrics come from the last line of standard output that is a JSON object of numbers, or,
+    when I(regex) is given, from its named groups.
+  - Each metric is aggregated over the repeats; the spread (min, max, standard deviation) is returned.
+  - Fails, naming the run, when the command exits non-zero, times out, or prints no metrics.
+options:
+  argv:
+    description: The command and its arguments.
+    type: list
+    elements: str
+    required: true
+  chdir:
+    description: Working directory.
+    type: path
+  environment:
+    description: Extra environment variables for the command.
+    type: dict
+    default: {}
+  warmup:
+    description: Runs before the measured ones, results discarded.
+    type: int
+    default: 1
+  repeats:
+    description: Measured runs.
+    type: int
+    default: 3
+  aggregate:
+    description: How to combine the measured runs.
+    type: str
+    choices: [median, mean, min, max]
+    default: median
+  timeout:
+    description: Seconds one run may take.
+    type: int
+    default: 600
+  regex:
+    description: A regular expression with named groups, applied to standard output.
+    type: str
+author: knobflow maintainers
+"""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def tail(text, n=5):
+    lines = [l for l in (text or "").strip().splitlines() if l.strip()]
+    return " | ".join(lines[-n:])[-600:]
+
+
+def parse(stdout, regex):
+    if regex:
+        found = {}
+        for m in re.finditer(regex, stdout, re.MULTILINE):
+            found.update({k: v for k, v in m.groupdict().items() if v is not None})
+        out = {}
+        for k, v in found.items():
+            try:
+                out[k] = float(v)
+            except ValueError:
+                raise ValueError("regex group %r matched %r, which is not a number" % (k, v))
+        return out
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if not (line.startswith("{") and line.endswith("}")):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {}
+
+
+def combine(values, how):
+    if how == "mean":
+        return statistics.fmean(values)
+    if how == "min":
+        return min(values)
+    if how == "max":
+        return max(values)
+    return statistics.median(values)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            argv=dict(type="list", elements="str", required=True),
+            chdir=dict(type="path"),
+            environment=dict(type="dict", default={}),
+            warmup=dict(type="int", default=1),
+            repeats=dict(type="int", default=3),
+            aggregate=dict(type="str", choices=["median", "mean", "min", "max"], default="median"),
+            timeout=dict(type="int", default=600),
+            regex=dict(type="str"),
+        ),
+        supports_check_mode=False,
+    )
+    p = module.params
+    if not p["argv"]:
+        module.fail_json(msg="argv is empty: give the benchmark command as a list")
+    if p["repeats"] < 1 or p["warmup"] < 0:
+        module.fail_json(msg="repeats must be >= 1 and warmup >= 0")
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in p["environment"].items()})
+    total = p["warmup"] + p["repeats"]
+    runs = []
+    for i in range(total):
+        label = "warm-up run %d of %d" % (i + 1, p["warmup"]) if i < p["warmup"] else "run %d of %d" % (
+            i - p["warmup"] + 1, p["repeats"])
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(p["argv"], cwd=p["chdir"], env=env, capture_output=True, text=True,
+                                  timeout=p["timeout"])
+        except FileNotFoundError:
+            module.fail_json(msg="benchmark command not found: %s" % p["argv"][0])
+        except subprocess.TimeoutExpired:
+            module.fail_json(msg="benchmark command timed out after %d s (%s)" % (p["timeout"], label))
+        elapsed = time.monotonic() - started
+        if proc.returncode != 0:
+            module.fail_json(msg="benchmark command exited with status %d (%s): %s" % (
+                proc.returncode, label, tail(proc.stderr) or tail(proc.stdout) or "no output"), rc=proc.returncode)
+        try:
+            metrics = parse(proc.stdout, p["regex"])
+        except ValueError as exc:
+            module.fail_json(msg="benchmark output has a bad metric (%s): %s" % (label, exc))
+        if not metrics:
+            how = "no match for regex %r" % p["regex"] if p["regex"] else "no line with a JSON object of numbers"
+            module.fail_json(msg="benchmark printed no metrics (%s): %s; stdout ends: %s" % (
+                label, how, tail(proc.stdout) or "(empty)"))
+        if i >= p["warmup"]:
+            metrics.setdefault("benchmark_seconds", elapsed)
+            runs.append(metrics)
+    names = sorted(set.intersection(*(set(r) for r in runs)))
+    if not names:
+        module.fail_json(msg="the measured runs share no metric name: %s" % [sorted(r) for r in runs])
+    aggregated = {n: combine([r[n] for r in runs], p["aggregate"]) for n in names}
+    spread = {}
+    for n in names:
+        vals = [r[n] for r in runs]
+        spread[n] = dict(min=min(vals), max=max(vals), stdev=statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    module.exit_json(changed=False, metrics=aggregated, runs=runs, spread=spread, aggregate=p["aggregate"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+#!/usr/bin/python
+"""Write, verify and revert the SQLite workload's configuration file."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: sqlite_config
+short_description: Apply or revert the knobflow SQLite workload's settings
+description:
+  - Writes the JSON configuration file that C(knobflow.workloads.sqlite_workload) reads
+    (SQLite pragmas and the writer's batch size), after validating every setting.
+  - On the first change, saves what was there (the file, or the fact that there was none), so
+    that C(state=reverted) puts back exactly the original.
+  - Verifies the result by reading the file back. Supports check mode and diff mode.
+options:
+  path:
+    description: Path of the configuration file.
+    type: path
+    required: true
+  settings:
+    description: Settings by name; see the role README for the names and values.
+    type: dict
+    default: {}
+  state:
+    description: C(present) applies I(settings); C(reverted) restores the original.
+    type: str
+    choices: [present, reverted]
+    default: present
+author: knobflow maintainers
+"""
+
+RETURN = r"""
+config:
+  description: The configuration now in the file (null after reverting to no file).
+  type: dict
+  returned: always
+"""
+
+import json
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+
+PRAGMAS = {
+    "journal_mode": ("choice", ["delete", "truncate", "persist", "memory", "wal", "off"]),
+    "synchronous": ("choice", ["off", "normal", "full", "extra"]),
+    "cache_size_kib": ("int", (16, 16 * 1024 * 1024)),
+    "mmap_size_mib": ("int", (0, 1024 * 1024)),
+    "page_size": ("choice", [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]),
+    "temp_store": ("choice", ["default", "file", "memory"]),
+    "locking_mode": ("choice", ["normal", "exclusive"]),
+    "wal_autocheckpoint": ("int", (0, 1000000)),
+}
+WORKLOAD = {"batch_size": ("int", (1, 100000))}
+
+
+def _check(value, rule):
+    """Return (normalised value, None) or (None, error)."""
+    kind, allowed = rule
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, "must be an integer, got %r" % (value,)
+        if not allowed[0] <= value <= allowed[1]:
+            return None, "must be between %d and %d, got %d" % (allowed[0], allowed[1], value)
+        return value, None
+    if isinstance(value, str) and value.isdigit() and all(isinstance(a, int) for a in allowed):
+        value = int(value)
+    if isinstance(value, str):
+        value = value.lower()
+    if value not in allowed:
+        return None, "must be one of %s, got %r" % (", ".join(map(str, allowed)), value)
+    return value, None
+
+
+def build(settings):
+    config = {"pragmas": {}, "batch_size": 1}
+    errors = []
+    for name, value in sorted(settings.items()):
+        rule = PRAGMAS.get(name) or WORKLOAD.get(name)
+        if rule is None:
+            errors.append("unknown setting %r (known: %s)" % (name, ", ".join(sorted(list(PRAGMAS) + list(WORKLOAD)))))
+            continue
+        checked, error = _check(value, rule)
+        if error:
+            errors.append("%s: %s" % (name, error))
+            continue
+        if name in WORKLOAD:
+            config[name] = checked
+        else:
+            config["pragmas"][name] = checked
+    return config, errors
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            settings=dict(type="dict", default={}),
+            state=dict(type="str", choices=["present", "reverted"], default="present"),
+        ),
+        supports_check_mode=True,
+    )
+    path = module.params["path"]
+    backup = path + ".knobflow-orig"
+    absent_marker = path + ".knobflow-absent"
+    current = read(path)
+    result = dict(changed=False, path=path)
+
+    if module.params["state"] == "reverted":
+        if os.path.exists(backup):
+            original = read(backup)
+            result["changed"] = original != current
+            result["diff"] = dict(before=current or "", after=original or "")
+            if not module.check_mode:
+                shutil.copy2(backup, path)
+                os.remove(backup)
+            result["config"] = json.loads(original) if original else None
+        elif os.path.exists(absent_marker):
+            result["changed"] = current is not None
+            result["diff"] = dict(before=current or "", after="")
+            if not module.check_mode:
+                if current is not None:
+                    os.remove(path)
+                os.remove(absent_marker)
+            result["config"] = None
+        else:
+            result["config"] = json.loads(current) if current else None
+        module.exit_json(**result)
+
+    config, errors = build(module.params["settings"])
+    if errors:
+        module.fail_json(msg="invalid SQLite settings: " + "; ".join(errors), **result)
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    result["config"] = config
+    if text == current:
+        module.exit_json(**result)
+    result["changed"] = True
+    result["diff"] = dict(before=current or "", after=text)
+    if module.check_mode:
+        module.exit_json(**result)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    if not os.path.exists(backup) and not os.path.exists(absent_marker):
+        if current is None:
+            open(absent_marker, "w").close()
+        else:
+            shutil.copy2(path, backup)
+    tmp = path + ".knobflow-tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    if read(path) != text:
+        module.fail_json(msg="verification failed: %s does not hold what was written" % path, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

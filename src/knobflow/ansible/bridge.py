@@ -1,0 +1,180 @@
+"""Run knobflow's playbooks with ansible-runner and bring the results back.
+
+Every run gets a fresh ``private_data_dir`` (deleted afterwards unless ``keep_artifacts``); the
+playbooks folder is the project dir; roles next to the experiment file come before knobflow's own on
+the roles path. Metrics come back through ``set_stats`` (``knobflow_metrics``), failures as the
+first failed task with its host and message. A ``cancel_callback`` is always passed, so
+ansible-runner does not replace the caller's SIGTERM handler (Airflow's, for instance).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from knobflow import _paths
+
+
+@dataclass
+class RunResult:
+    status: str  # successful | failed | timeout | canceled
+    rc: int
+    stats: dict[str, Any] = field(default_factory=dict)  # set_stats data (aggregated)
+    reason: str | None = None
+    failed_task: str | None = None
+    duration_s: float = 0.0
+    task_times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and self.rc == 0
+
+
+def _msg_of(res: dict[str, Any]) -> str:
+    msg = res.get("msg") or ""
+    if not msg and res.get("stderr"):
+        msg = str(res["stderr"]).strip().splitlines()[-1] if str(res["stderr"]).strip() else ""
+    if not msg and "results" in res:  # a loop: take the first failing item
+        for item in res["results"]:
+            if isinstance(item, dict) and item.get("failed"):
+                return _msg_of(item)
+    return str(msg).strip() or "failed (no message)"
+
+
+class _Events:
+    def __init__(self, log: IO[str] | None, on_line: Callable[[str], None] | None):
+        self.log = log
+        self.on_line = on_line
+        self.stats: dict[str, Any] = {}
+        self.reason: str | None = None
+        self.failed_task: str | None = None
+        self.task_started: dict[str, float] = {}
+        self.task_times: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.last_line = ""
+        self.error_line = ""
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        stdout = event.get("stdout")
+        if stdout:
+            if self.log is not None:
+                self.log.write(stdout + "\n")
+                self.log.flush()
+            for line in stdout.splitlines():
+                if line.strip():
+                    self.last_line = line.strip()
+                    if not self.error_line and line.lstrip().startswith(("[ERROR]", "ERROR!")):
+                        self.error_line = line.strip()
+                    if self.on_line is not None:
+                        self.on_line(line)
+        name = event.get("event")
+        data = event.get("event_data") or {}
+        if name == "playbook_on_task_start":
+            self.task_started[data.get("task", "")] = time.monotonic()
+        elif name in ("runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable"):
+            task = data.get("task", "")
+            if task in self.task_started:
+                self.task_times[task] = self.task_times.get(task, 0.0) + time.monotonic() - self.task_started.pop(task)
+        if name in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            with self.lock:
+                if self.reason is None:
+                    res = data.get("res") or {}
+                    what = "unreachable" if name == "runner_on_unreachable" else "failed"
+                    self.failed_task = data.get("task")
+                    self.reason = f"task '{data.get('task')}' {what} on {data.get('host')}: {_msg_of(res)}"
+        elif name == "playbook_on_stats":
+            self.stats = dict(data.get("artifact_data") or {})
+        return True  # keep the event in the artifacts too
+
+
+def run_playbook(
+    playbook: str | Path,
+    *,
+    inventory: str | Path | None = None,
+    extravars: dict[str, Any] | None = None,
+    roles_path: list[Path] | None = None,
+    limit: str | None = None,
+    timeout: int | None = None,
+    log_path: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    keep_artifacts: bool = False,
+) -> RunResult:
+    """Run one playbook and return its status, set_stats data and failure reason."""
+    import ansible_runner
+
+    playbook = Path(playbook)
+    if not playbook.is_absolute():
+        playbook = _paths.playbooks_dir() / playbook
+    roles = [str(p) for p in (roles_path or [_paths.roles_dir()])]
+    envvars = {
+        "ANSIBLE_ROLES_PATH": os.pathsep.join(roles),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_SYSTEM_WARNINGS": "False",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+    }
+    # Use the ansible-playbook next to this Python: a venv need not be activated.
+    bindir = str(Path(sys.executable).parent)
+    if (Path(bindir) / "ansible-playbook").exists() and bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    private = Path(tempfile.mkdtemp(prefix="knobflow-runner-"))
+    log: IO[str] | None = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("a")
+    events = _Events(log, on_line)
+    started = time.monotonic()
+    try:
+        r = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(playbook.parent),
+            playbook=str(playbook),
+            inventory=str(inventory or _paths.default_inventory()),
+            extravars=extravars or {},
+            envvars=envvars,
+            limit=limit,
+            timeout=timeout,
+            quiet=True,
+            event_handler=events,
+            cancel_callback=cancel or (lambda: False),
+            rotate_artifacts=1,
+        )
+        status, rc = str(r.status), int(r.rc if r.rc is not None else -1)
+    except Exception as exc:  # ansible-runner raised before or while starting the playbook
+        status, rc = "failed", -1
+        events.reason = events.reason or f"ansible-runner could not run {playbook.name}: {exc}"
+    finally:
+        if log is not None:
+            log.close()
+        if not keep_artifacts:
+            shutil.rmtree(private, ignore_errors=True)
+    duration = time.monotonic() - started
+    reason = events.reason
+    if status == "timeout":
+        reason = f"timed out after {timeout} s" + (f" (in task '{events.failed_task}')" if events.failed_task else "")
+    elif status == "canceled":
+        reason = "canceled"
+    elif status != "successful" and reason is None:
+        reason = f"{playbook.name} exited with status {rc}: {events.error_line or events.last_line or 'no output'}"
+    return RunResult(
+        status=status,
+        rc=rc,
+        stats=events.stats,
+        reason=reason,
+        failed_task=events.failed_task,
+        duration_s=duration,
+        task_times=events.task_times,
+    )

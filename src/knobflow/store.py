@@ -1,0 +1,239 @@
+"""Experiments and trials on an Optuna storage (SQLite under ``$KNOBFLOW_HOME`` by default).
+
+One Optuna study per experiment, named after it. Trial 0 is the baseline (the tunables' defaults).
+Each trial keeps, as user attributes: the metrics, the benchmark runs and spread, timings, the host
+and process that ran it, and on failure the reason. Running an experiment again resumes its study.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from knobflow.spec import Experiment, Tunable
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+
+class StoreError(Exception):
+    """The store cannot serve this experiment (for example its search space changed)."""
+
+
+def distribution(t: Tunable) -> BaseDistribution:
+    if t.type == "categorical":
+        assert t.choices is not None
+        return CategoricalDistribution(choices=tuple(t.choices))
+    assert t.low is not None and t.high is not None
+    if t.type == "int":
+        return IntDistribution(low=int(t.low), high=int(t.high), step=int(t.step or 1), log=t.log)
+    return FloatDistribution(
+        low=float(t.low), high=float(t.high), step=None if t.step is None else float(t.step), log=t.log
+    )
+
+
+def _owner() -> dict[str, Any]:
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": me.pid, "create_time": me.create_time()}
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool | None:
+    """True/False when the owner ran on this host; None when we cannot tell (another host)."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(owner["pid"]))
+        return abs(proc.create_time() - float(owner["create_time"])) < 1.0
+    except (psutil.Error, KeyError, ValueError, TypeError):
+        return False
+
+
+@dataclass
+class TrialRecord:
+    """A trial as users see it."""
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    baseline: bool = False
+    interrupted: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_frozen(cls, t: FrozenTrial) -> TrialRecord:
+        return cls(
+            number=t.number,
+            state=t.state.name.lower(),
+            params=dict(t.params),
+            value=t.value if t.state == TrialState.COMPLETE else None,
+            metrics=dict(t.user_attrs.get("metrics") or {}),
+            reason=t.user_attrs.get("reason"),
+            baseline=bool(t.user_attrs.get("baseline")),
+            interrupted=bool(t.user_attrs.get("interrupted")),
+            attrs=dict(t.user_attrs),
+        )
+
+
+@dataclass
+class Progress:
+    """How far an experiment is: what counts toward its budget and its failure limit."""
+
+    done: int
+    completed: int
+    failed: int
+    running: int
+    waiting: int
+
+
+class Store:
+    """The knobflow store for one storage URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True}
+        self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+    # Studies -----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(s.study_name for s in optuna.get_all_study_summaries(self.storage))
+
+    def exists(self, name: str) -> bool:
+        return name in self.names()
+
+    def open(self, exp: Experiment) -> optuna.Study:
+        """Open the experiment's study, creating it (with the baseline queued) the first time."""
+        direction = "maximize" if exp.maximize else "minimize"
+        fingerprint = exp.space_fingerprint()
+        if self.exists(exp.name):
+            study = optuna.load_study(study_name=exp.name, storage=self.storage)
+            old = study.user_attrs.get("space_fingerprint")
+            if old is not None and old != fingerprint:
+                raise StoreError(
+                    f"experiment {exp.name!r} already has a study whose search space differs from this "
+                    f"file's (tunables, bounds, steps or choices changed). Give the experiment a new name, "
+                    f"or delete the old study with `knobflow delete {exp.name}`."
+                )
+            if study.direction.name.lower() != direction:
+                raise StoreError(
+                    f"experiment {exp.name!r} already has a study that {study.direction.name.lower()}s; "
+                    f"this file says {direction}. Give the experiment a new name."
+                )
+            return study
+        study = optuna.create_study(study_name=exp.name, storage=self.storage, direction=direction)
+        study.set_user_attr("space_fingerprint", fingerprint)
+        study.set_user_attr("objective", exp.model.objective.model_dump())
+        study.set_user_attr("spec", exp.model.model_dump(mode="json"))
+        study.set_user_attr("created", dt.datetime.now(dt.UTC).isoformat())
+        study.enqueue_trial(exp.defaults(), user_attrs={"baseline": True})
+        return study
+
+    def load(self, name: str) -> optuna.Study:
+        if not self.exists(name):
+            raise StoreError(f"no experiment named {name!r} in {self.url} (known: {', '.join(self.names()) or 'none'})")
+        return optuna.load_study(study_name=name, storage=self.storage)
+
+    def delete(self, name: str) -> None:
+        self.load(name)
+        optuna.delete_study(study_name=name, storage=self.storage)
+
+    # Trials ------------------------------------------------------------------------------
+    def trials(self, study: optuna.Study) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(study._study_id, deepcopy=False)
+
+    def progress(self, study: optuna.Study) -> Progress:
+        ts = self.trials(study)
+        counted = [t for t in ts if t.state in FINISHED and not t.user_attrs.get("interrupted")]
+        return Progress(
+            done=len(counted),
+            completed=sum(t.state == TrialState.COMPLETE for t in counted),
+            failed=sum(t.state == TrialState.FAIL for t in counted),
+            running=sum(t.state == TrialState.RUNNING for t in ts),
+            waiting=sum(t.state == TrialState.WAITING for t in ts),
+        )
+
+    def mark_started(self, study: optuna.Study, trial: optuna.Trial, run_id: str | None) -> None:
+        attrs = {"owner": _owner(), "started": time.time(), "run_id": run_id}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+
+    def recover(self, study: optuna.Study, *, grace_s: float) -> list[int]:
+        """Fail trials left RUNNING by a process that is gone; queue their configurations again.
+
+        A trial owned by this host is stale when its process is dead. A trial owned by another host
+        is stale when it started more than ``grace_s`` seconds ago (longer than a trial may take).
+        Interrupted trials count neither toward the budget nor toward ``max_failed``.
+        """
+        recovered = []
+        now = time.time()
+        for t in self.trials(study):
+            if t.state != TrialState.RUNNING:
+                continue
+            owner = t.user_attrs.get("owner") or {}
+            alive = _owner_alive(owner) if owner else None
+            started = float(t.user_attrs.get("started") or (t.datetime_start.timestamp() if t.datetime_start else 0))
+            if alive is True or (alive is None and now - started < grace_s):
+                continue
+            who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "an unknown process"
+            self.finish(
+                study,
+                t.number,
+                state=TrialState.FAIL,
+                value=None,
+                attrs={"interrupted": True, "reason": f"interrupted: the process running it ({who}) is gone"},
+            )
+            user_attrs = {"requeued_from": t.number}
+            if t.user_attrs.get("baseline"):
+                user_attrs["baseline"] = True
+            study.enqueue_trial(dict(t.params), user_attrs=user_attrs, skip_if_exists=False)
+            recovered.append(t.number)
+        return recovered
+
+    def finish(
+        self,
+        study: optuna.Study,
+        number: int,
+        *,
+        state: TrialState,
+        value: float | None,
+        attrs: dict[str, Any],
+        tuner: Any = None,
+    ) -> bool:
+        """Record a trial's outcome. Returns False (and changes nothing) if it was already finished."""
+        frozen = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        if frozen.state in FINISHED:
+            return False
+        for k, v in attrs.items():
+            study._storage.set_trial_user_attr(frozen._trial_id, k, v)
+        if tuner is not None:
+            tuner.tell(study, number, state, value)
+        elif state == TrialState.COMPLETE:
+            study.tell(number, value, skip_if_finished=True)
+        else:
+            study.tell(number, state=state, skip_if_finished=True)
+        return True
+
+    def records(self, name: str) -> list[TrialRecord]:
+        return [TrialRecord.from_frozen(t) for t in self.trials(self.load(name))]
+
+
+def owner_is_me(frozen: FrozenTrial) -> bool:
+    owner = frozen.user_attrs.get("owner") or {}
+    return owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()

@@ -1,0 +1,182 @@
+"""A real SQLite workload: an order-processing table under a mix of reads and writes.
+
+It reads its settings from a JSON file written by the ``sqlite_config`` role::
+
+    {"pragmas": {"journal_mode": "wal", "synchronous": "normal", ...}, "batch_size": 100}
+
+then recreates the database, loads it, and for ``--duration`` seconds runs a fixed mix of
+operations: 55% point reads by key, 25% inserts, 15% updates, 5% aggregate queries over a range.
+Writes are grouped into transactions of ``batch_size`` write operations. At the end it prints one
+JSON line of metrics: throughput_ops (operations per second), read_p50_ms, read_p99_ms,
+commit_p50_ms, commit_p99_ms, ops, reads, writes, elapsed_s.
+
+Usage: python -m knobflow.workloads.sqlite_workload --config CONFIG --db DB [--duration 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PRAGMA_ORDER = ("page_size", "journal_mode", "synchronous", "cache_size_kib", "mmap_size_mib", "temp_store",
+                "locking_mode", "wal_autocheckpoint")
+ROWS = 20_000
+PAYLOAD = 200
+
+
+def _pragma_sql(name: str, value: Any) -> str:
+    if name == "cache_size_kib":
+        return f"PRAGMA cache_size = -{int(value)}"
+    if name == "mmap_size_mib":
+        return f"PRAGMA mmap_size = {int(value) * 1024 * 1024}"
+    if isinstance(value, str) and not value.replace("_", "").isalnum():
+        raise ValueError(f"bad value for pragma {name}: {value!r}")
+    return f"PRAGMA {name} = {value}"
+
+
+def load_config(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {"pragmas": {}, "batch_size": 1}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the configuration must be a JSON object")
+    data.setdefault("pragmas", {})
+    data.setdefault("batch_size", 1)
+    return data
+
+
+def _fresh(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.remove(str(db) + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def run(config: dict[str, Any], db: Path, duration: float, seed: int = 7) -> dict[str, float]:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    _fresh(db)
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    pragmas = config.get("pragmas") or {}
+    for name in PRAGMA_ORDER:
+        if name in pragmas:
+            conn.execute(_pragma_sql(name, pragmas[name])).fetchall()
+    unknown = set(pragmas) - set(PRAGMA_ORDER)
+    if unknown:
+        raise ValueError(f"unknown pragmas in the configuration: {sorted(unknown)}")
+    batch = max(1, int(config.get("batch_size") or 1))
+
+    rng = random.Random(seed)
+    conn.execute(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, status INTEGER NOT NULL,"
+        " amount REAL NOT NULL, payload BLOB NOT NULL)"
+    )
+    conn.execute("CREATE INDEX orders_customer ON orders(customer)")
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
+        ((i, rng.randrange(2000), rng.randrange(5), rng.random() * 100, rng.randbytes(PAYLOAD)) for i in range(ROWS)),
+    )
+    conn.execute("COMMIT")
+
+    next_id = ROWS
+    reads: list[float] = []
+    commits: list[float] = []
+    ops = writes = pending = 0
+    in_tx = False
+    start = time.perf_counter()
+    deadline = start + duration
+    while True:
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        r = rng.random()
+        if r < 0.55:
+            t0 = time.perf_counter()
+            conn.execute("SELECT amount, payload FROM orders WHERE id = ?", (rng.randrange(next_id),)).fetchone()
+            reads.append(time.perf_counter() - t0)
+        elif r < 0.60:
+            c = rng.randrange(2000)
+            conn.execute(
+                "SELECT status, count(*), sum(amount) FROM orders WHERE customer BETWEEN ? AND ? GROUP BY status",
+                (c, c + 20),
+            ).fetchall()
+        else:
+            if not in_tx:
+                conn.execute("BEGIN")
+                in_tx = True
+            if r < 0.85:
+                conn.execute(
+                    "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
+                    (next_id, rng.randrange(2000), 0, rng.random() * 100, rng.randbytes(PAYLOAD)),
+                )
+                next_id += 1
+            else:
+                conn.execute(
+                    "UPDATE orders SET status = ?, amount = amount + 1 WHERE id = ?",
+                    (rng.randrange(5), rng.randrange(next_id)),
+                )
+            writes += 1
+            pending += 1
+            if pending >= batch:
+                t0 = time.perf_counter()
+                conn.execute("COMMIT")
+                commits.append(time.perf_counter() - t0)
+                in_tx = False
+                pending = 0
+        ops += 1
+    if in_tx:
+        t0 = time.perf_counter()
+        conn.execute("COMMIT")
+        commits.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    _fresh(db)
+    reads.sort()
+    commits.sort()
+    return {
+        "throughput_ops": ops / elapsed,
+        "read_p50_ms": _percentile(reads, 0.50) * 1e3,
+        "read_p99_ms": _percentile(reads, 0.99) * 1e3,
+        "commit_p50_ms": _percentile(commits, 0.50) * 1e3,
+        "commit_p99_ms": _percentile(commits, 0.99) * 1e3,
+        "ops": ops,
+        "reads": len(reads),
+        "writes": writes,
+        "elapsed_s": elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="JSON settings file (absent: SQLite defaults)")
+    parser.add_argument("--db", type=Path, required=True, help="database file (recreated each run)")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds of measured load")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        metrics = run(config, args.db, args.duration, args.seed)
+    except (ValueError, sqlite3.Error, OSError) as exc:
+        print(f"sqlite_workload: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
