@@ -64,7 +64,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _airflow_env(home: Path) -> dict[str, str]:
-    af = home / "airflow"
+    # $KNOBFLOW_AIRFLOW_HOME lets several knobflow homes share one embedded Airflow (the tests do).
+    af = Path(os.environ.get("KNOBFLOW_AIRFLOW_HOME") or home / "airflow").resolve()
     return {
         "AIRFLOW_HOME": str(af),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{af / 'airflow.db'}",

@@ -131,6 +131,7 @@ def _extravars(exp: Experiment, number: int, params: dict[str, Any]) -> dict[str
         "experiment": exp.name,
         "trial": number,
         "home": str(_paths.knobflow_home()),
+        "experiment_dir": str(exp.base_dir),
         "params": exp.params_by_layer(params),
         "layers": {name: {"role": layer.role} for name, layer in m.layers.items()},
         "benchmark": {
