@@ -1,0 +1,44 @@
+"""The DAG files in dags/ as Airflow loads them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import DATA, REPO
+
+
+def test_dagbag_loads_without_errors_and_has_the_trial_structure() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["knobflow_sqlite-demo"]
+    assert {t.task_id for t in dag.tasks} == {"prepare", "trial", "finish"}
+    trial = dag.get_task("trial")
+    # One mapped task instance per trial, labelled with the trial number, one at a time.
+    assert type(trial).__name__.endswith("MappedOperator")
+    assert "knobflow_trial_label" in (trial.map_index_template or "")
+    assert trial.max_active_tis_per_dagrun == 1
+    assert dag.get_task("prepare").downstream_task_ids == {"trial"}
+    assert dag.get_task("finish").upstream_task_ids == {"trial"}
+    assert dag.get_task("finish").trigger_rule == "all_done"
+    assert dag.max_active_runs == 1 and dag.schedule is None
+    assert set(dag.params) == {"trials", "max_failed"}
+
+
+def test_a_broken_experiment_file_is_skipped_and_the_rest_load(tmp_path) -> None:
+    """$KNOBFLOW_EXPERIMENTS may name a broken file: it is logged, the others still load."""
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"b = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "print(sorted(b.dags), b.import_errors)\n"
+    )
+    env = {**os.environ, "KNOBFLOW_EXPERIMENTS": os.pathsep.join(
+        [str(DATA / "bad_specs" / "zero_trials.yaml"), str(DATA / "experiments" / "flaky.yaml")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "'knobflow_sqlite-demo'" in out.stdout and "'knobflow_test-flaky'" in out.stdout
+    assert "{}" in out.stdout  # no import error: the bad file is reported in the log instead
+    assert "budget.trials" in out.stdout + out.stderr
