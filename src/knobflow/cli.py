@@ -225,8 +225,11 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
     if p.done:
         print(f"resuming experiment {m.name}: {p.done} of {lim.trials} trials done ({p.failed} failed)", flush=True)
     else:
-        print(f"experiment {m.name}: {lim.trials} trials, {m.objective.direction} {m.objective.metric}, "
-              f"tuner {m.tuner.name}", flush=True)
+        print(
+            f"experiment {m.name}: {lim.trials} trials, {m.objective.direction} {m.objective.metric}, "
+            f"tuner {m.tuner.name}",
+            flush=True,
+        )
     print(f"  Airflow log: {run_log}\n  trial logs: {engine.trial_log_path(exp, 0).parent}", flush=True)
 
     started = time.monotonic()
@@ -336,14 +339,20 @@ def cmd_best(args: argparse.Namespace) -> int:
         delta = (best.value or 0.0) - baseline.value
         gain = 100.0 * (delta if maximize else -delta) / abs(baseline.value)
     if args.json:
-        print(json.dumps({
-            "experiment": name,
-            "best": None if best is None else {"trial": best.number, "value": best.value, "params": best.params,
-                                               "metrics": best.metrics},
-            "baseline": None if baseline is None else {"trial": baseline.number, "value": baseline.value},
-            "gain_pct": gain,
-            "failed": [{"trial": r.number, "reason": r.reason} for r in failed],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "experiment": name,
+                    "best": None
+                    if best is None
+                    else {"trial": best.number, "value": best.value, "params": best.params, "metrics": best.metrics},
+                    "baseline": None if baseline is None else {"trial": baseline.number, "value": baseline.value},
+                    "gain_pct": gain,
+                    "failed": [{"trial": r.number, "reason": r.reason} for r in failed],
+                },
+                indent=2,
+            )
+        )
         return EXIT_OK if best else EXIT_FAILED
     if best is None:
         print(f"experiment {name}: no completed trial")
@@ -374,7 +383,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="knobflow", description="Tune software environments with Airflow, Ansible and Optuna.")
+    parser = argparse.ArgumentParser(
+        prog="knobflow", description="Tune software environments with Airflow, Ansible and Optuna."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check experiment files; nothing is created")
@@ -407,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run" and ((args.trials is not None and args.trials < 1) or
-                                  (args.max_failed is not None and args.max_failed < 1)):
+    if args.command == "run" and (
+        (args.trials is not None and args.trials < 1) or (args.max_failed is not None and args.max_failed < 1)
+    ):
         print("knobflow run: --trials and --max-failed must be at least 1", file=sys.stderr)
         return EXIT_INVALID
     try:

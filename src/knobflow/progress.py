@@ -6,6 +6,7 @@ here, whatever Airflow does with the task logs.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,5 @@ def emit(kind: str, payload: Any) -> None:
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
-        try:
+        with contextlib.suppress(Exception):  # a broken listener must not fail a trial
             listener(kind, payload)
-        except Exception:  # a broken listener must not fail a trial
-            pass

@@ -166,9 +166,7 @@ class Experiment:
 
     def space_fingerprint(self) -> str:
         """A hash of what defines the search space; a study refuses a changed space."""
-        space = [
-            [t.name, t.type, t.low, t.high, t.step, t.log, t.choices] for t in self.model.tunables
-        ]
+        space = [[t.name, t.type, t.low, t.high, t.step, t.log, t.choices] for t in self.model.tunables]
         return hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:16]
 
     def params_by_layer(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -420,14 +418,27 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
     if m.tuner.name not in registry.names():
         out.append(Problem("tuner.name", f"unknown tuner {m.tuner.name!r}; known: {', '.join(registry.names())}"))
 
-    if m.target.inventory is not None and _resolve_content_path(m.target.inventory, exp.base_dir, "inventories") is None:
-        out.append(Problem("target.inventory", f"no inventory {m.target.inventory!r} next to the file or in knobflow's inventories/"))
+    if (
+        m.target.inventory is not None
+        and _resolve_content_path(m.target.inventory, exp.base_dir, "inventories") is None
+    ):
+        out.append(
+            Problem(
+                "target.inventory",
+                f"no inventory {m.target.inventory!r} next to the file or in knobflow's inventories/",
+            )
+        )
 
     if m.storage is not None and not re.match(r"^[a-z][a-z0-9+]*://", m.storage):
         out.append(Problem("storage", f"must be a database URL such as sqlite:///path/to.db, got {m.storage!r}"))
 
     if m.parallel != 1:
-        out.append(Problem("parallel", "only parallel: 1 is supported in this version (parallel trials come with the Airflow executors work)"))
+        out.append(
+            Problem(
+                "parallel",
+                "only parallel: 1 is supported in this version (parallel trials come with the Airflow executors work)",
+            )
+        )
 
     # The same variable set in two places is ambiguous: refuse it.
     owners: dict[str, str] = {}
@@ -436,7 +447,9 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
     for where, variables in sources:
         for key in variables:
             if key == "knobflow":
-                out.append(Problem(f"{where}.{key}", "'knobflow' is reserved for the variables knobflow passes to Ansible"))
+                out.append(
+                    Problem(f"{where}.{key}", "'knobflow' is reserved for the variables knobflow passes to Ansible")
+                )
             elif key in owners:
                 out.append(Problem(f"{where}.{key}", f"also set in {owners[key]}; set each variable once"))
             else:

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import psutil
@@ -120,7 +120,7 @@ class Store:
 
     def open(self, exp: Experiment) -> optuna.Study:
         """Open the experiment's study, creating it (with the baseline queued) the first time."""
-        direction = "maximize" if exp.maximize else "minimize"
+        direction: Literal["maximize", "minimize"] = "maximize" if exp.maximize else "minimize"
         fingerprint = exp.space_fingerprint()
         if self.exists(exp.name):
             study = optuna.load_study(study_name=exp.name, storage=self.storage)
@@ -217,7 +217,9 @@ class Store:
         tuner: Any = None,
     ) -> bool:
         """Record a trial's outcome. Returns False (and changes nothing) if it was already finished."""
-        frozen = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        frozen = study._storage.get_trial(
+            study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        )
         if frozen.state in FINISHED:
             return False
         for k, v in attrs.items():

@@ -35,8 +35,12 @@ def test_a_broken_experiment_file_is_skipped_and_the_rest_load(tmp_path) -> None
         f"b = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
         "print(sorted(b.dags), b.import_errors)\n"
     )
-    env = {**os.environ, "KNOBFLOW_EXPERIMENTS": os.pathsep.join(
-        [str(DATA / "bad_specs" / "zero_trials.yaml"), str(DATA / "experiments" / "flaky.yaml")])}
+    env = {
+        **os.environ,
+        "KNOBFLOW_EXPERIMENTS": os.pathsep.join(
+            [str(DATA / "bad_specs" / "zero_trials.yaml"), str(DATA / "experiments" / "flaky.yaml")]
+        ),
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'knobflow_sqlite-demo'" in out.stdout and "'knobflow_test-flaky'" in out.stdout

@@ -70,10 +70,14 @@ def test_run_then_a_larger_budget_adds_trials(tmp_path: Path, home: Path) -> Non
     af = Path(os.environ["KNOBFLOW_AIRFLOW_HOME"]) / "airflow.db"
     import sqlite3
 
-    rows = sqlite3.connect(af).execute(
-        "select rendered_map_index, state from task_instance where dag_id='knobflow_test-sqlite-fast' "
-        "and task_id='trial'"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(af)
+        .execute(
+            "select rendered_map_index, state from task_instance where dag_id='knobflow_test-sqlite-fast' "
+            "and task_id='trial'"
+        )
+        .fetchall()
+    )
     labels = {r[0] for r in rows}
     assert {"trial 0 (baseline)", "trial 1", "trial 2", "trial 3", "trial 4"} <= labels
 
@@ -135,8 +139,15 @@ def test_a_killed_run_resumes_the_same_study(exp_dir: Path, home: Path) -> None:
     f = exp_dir / "flaky.yaml"
     f.write_text(f.read_text().replace("max_failed: 10", "max_failed: 10\nvars:\n  bench_sleep: 1.5"))
     env = {**os.environ, "KNOBFLOW_HOME": str(home)}
-    proc = subprocess.Popen([str(BIN / "knobflow"), "run", str(f)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "knobflow"), "run", str(f)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     store = None
     deadline = time.monotonic() + 180
     try:

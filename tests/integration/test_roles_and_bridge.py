@@ -18,10 +18,21 @@ def _vars(home: Path, settings: dict[str, Any], argv: list[str] | None = None) -
     return {
         "sqlite_config_path": str(home / "cfg" / "config.json"),
         "bench_command_argv": argv
-        or ["{{ ansible_playbook_python }}", "-m", "knobflow.workloads.sqlite_workload", "--config",
-            str(home / "cfg" / "config.json"), "--db", str(home / "cfg" / "x.db"), "--duration", "0.2"],
+        or [
+            "{{ ansible_playbook_python }}",
+            "-m",
+            "knobflow.workloads.sqlite_workload",
+            "--config",
+            str(home / "cfg" / "config.json"),
+            "--db",
+            str(home / "cfg" / "x.db"),
+            "--duration",
+            "0.2",
+        ],
         "knobflow": {
-            "experiment": "t", "trial": 0, "home": str(home),
+            "experiment": "t",
+            "trial": 0,
+            "home": str(home),
             "params": {"stack": settings},
             "layers": LAYERS,
             "benchmark": {"role": "bench_command", "warmup": 0, "repeats": 2, "aggregate": "median", "timeout": 30},
@@ -30,14 +41,17 @@ def _vars(home: Path, settings: dict[str, Any], argv: list[str] | None = None) -
 
 
 def test_trial_playbook_applies_benchmarks_and_reports_metrics(tmp_path: Path) -> None:
-    r = bridge.run_playbook("trial.yml", extravars=_vars(tmp_path, {"journal_mode": "wal", "batch_size": 50}),
-                            log_path=tmp_path / "log.txt")
+    r = bridge.run_playbook(
+        "trial.yml", extravars=_vars(tmp_path, {"journal_mode": "wal", "batch_size": 50}), log_path=tmp_path / "log.txt"
+    )
     assert r.ok, r.reason
     metrics = r.stats["knobflow_metrics"]
     assert metrics["throughput_ops"] > 0
     assert len(r.stats["knobflow_benchmark"]["runs"]) == 2
     assert json.loads((tmp_path / "cfg" / "config.json").read_text()) == {
-        "batch_size": 50, "pragmas": {"journal_mode": "wal"}}
+        "batch_size": 50,
+        "pragmas": {"journal_mode": "wal"},
+    }
     assert "PLAY RECAP" in (tmp_path / "log.txt").read_text()
 
 
@@ -83,8 +97,12 @@ def test_sqlite_config_module_check_mode_and_second_run(tmp_path: Path) -> None:
     env = {"ANSIBLE_ROLES_PATH": str(REPO / "roles"), "PATH": f"{bin_dir}:/usr/bin:/bin", "ANSIBLE_NOCOLOR": "1"}
 
     def play(*extra: str) -> str:
-        out = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(REPO / "inventories" / "local"),
-                              str(pb), *extra], capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [str(bin_dir / "ansible-playbook"), "-i", str(REPO / "inventories" / "local"), str(pb), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 

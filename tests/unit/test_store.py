@@ -52,7 +52,8 @@ def test_reopening_resumes_and_a_changed_space_is_refused(exp: spec.Experiment, 
     again = _store(home).open(exp)
     assert len(again.trials) == 1 and again.trials[0].value == 1.0
     changed = spec.parse(
-        exp.path.read_text().replace("high: 1000", "high: 999"), base_dir=exp.base_dir  # type: ignore[union-attr]
+        exp.path.read_text().replace("high: 1000", "high: 999"),
+        base_dir=exp.base_dir,  # type: ignore[union-attr]
     )
     with pytest.raises(StoreError, match="search space differs"):
         _store(home).open(changed)

@@ -27,15 +27,36 @@ def test_cli_prints_one_json_line_and_rejects_a_bad_config(tmp_path: Path) -> No
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"pragmas": {"journal_mode": "wal"}, "batch_size": 10}))
     out = subprocess.run(
-        [sys.executable, "-m", "knobflow.workloads.sqlite_workload", "--config", str(cfg), "--db",
-         str(tmp_path / "x.db"), "--duration", "0.2"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "knobflow.workloads.sqlite_workload",
+            "--config",
+            str(cfg),
+            "--db",
+            str(tmp_path / "x.db"),
+            "--duration",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(out.stdout.strip())["throughput_ops"] > 0
     cfg.write_text(json.dumps({"pragmas": {"journal_mode": "wal; DROP TABLE x"}}))
     bad = subprocess.run(
-        [sys.executable, "-m", "knobflow.workloads.sqlite_workload", "--config", str(cfg), "--db",
-         str(tmp_path / "x.db"), "--duration", "0.2"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "knobflow.workloads.sqlite_workload",
+            "--config",
+            str(cfg),
+            "--db",
+            str(tmp_path / "x.db"),
+            "--duration",
+            "0.2",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2 and "bad value for pragma journal_mode" in bad.stderr

@@ -16,6 +16,7 @@ Usage: python -m knobflow.workloads.sqlite_workload --config CONFIG --db DB [--d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -25,8 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-PRAGMA_ORDER = ("page_size", "journal_mode", "synchronous", "cache_size_kib", "mmap_size_mib", "temp_store",
-                "locking_mode", "wal_autocheckpoint")
+PRAGMA_ORDER = (
+    "page_size",
+    "journal_mode",
+    "synchronous",
+    "cache_size_kib",
+    "mmap_size_mib",
+    "temp_store",
+    "locking_mode",
+    "wal_autocheckpoint",
+)
 ROWS = 20_000
 PAYLOAD = 200
 
@@ -54,10 +63,8 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
 def _fresh(db: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(str(db) + suffix)
-        except FileNotFoundError:
-            pass
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
