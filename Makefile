@@ -30,6 +30,7 @@ lint: venv
 	$(BIN)/ruff check src tests dags benchmarks
 	$(BIN)/mypy
 	cd roles && ../$(BIN)/ansible-lint --offline --profile production .
+	ANSIBLE_ROLES_PATH=$(CURDIR)/roles $(BIN)/ansible-lint --offline --profile production playbooks
 
 overhead: venv
 	$(BIN)/python benchmarks/overhead/run.py

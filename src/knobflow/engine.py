@@ -184,6 +184,42 @@ def _playbook_for(exp: Experiment, workdir: Path) -> Path:
     return wrapper
 
 
+def _run_playbooks(
+    exp: Experiment,
+    number: int,
+    params: dict[str, Any],
+    *,
+    on_line: Callable[[str], None] | None,
+    cancel: Callable[[], bool] | None,
+) -> bridge.RunResult:
+    """One trial's Ansible: trial.yml (or apply.yml + the user's benchmark playbook, then revert on failure)."""
+    with tempfile.TemporaryDirectory(prefix="knobflow-trial-") as tmp:
+        playbook = _playbook_for(exp, Path(tmp))
+        result = bridge.run_playbook(
+            playbook,
+            inventory=exp.inventory(),
+            extravars=_extravars(exp, number, params),
+            roles_path=exp.roles_path(),
+            limit=exp.model.target.hosts,
+            timeout=exp.model.budget.trial_timeout,
+            log_path=trial_log_path(exp, number),
+            on_line=on_line,
+            cancel=cancel,
+        )
+        if not result.ok and exp.benchmark_playbook() is not None:
+            # trial.yml reverts in its rescue; a user's playbook cannot, so revert here.
+            bridge.run_playbook(
+                "revert.yml",
+                inventory=exp.inventory(),
+                extravars=_extravars(exp, number, params),
+                roles_path=exp.roles_path(),
+                limit=exp.model.target.hosts,
+                timeout=exp.model.budget.trial_timeout,
+                log_path=trial_log_path(exp, number),
+            )
+    return result
+
+
 def run_trial(
     exp: Experiment,
     lim: Limits,
@@ -211,30 +247,25 @@ def run_trial(
         on_label(f"trial {number}" + (" (baseline)" if baseline else ""))
     t_asked = time.monotonic()
 
-    with tempfile.TemporaryDirectory(prefix="knobflow-trial-") as tmp:
-        playbook = _playbook_for(exp, Path(tmp))
-        result = bridge.run_playbook(
-            playbook,
-            inventory=exp.inventory(),
-            extravars=_extravars(exp, number, params),
-            roles_path=exp.roles_path(),
-            limit=exp.model.target.hosts,
-            timeout=exp.model.budget.trial_timeout,
-            log_path=trial_log_path(exp, number),
-            on_line=on_line,
-            cancel=cancel,
+    try:
+        result = _run_playbooks(exp, number, params, on_line=on_line, cancel=cancel)
+    except BaseException as exc:
+        # Never leave a trial RUNNING behind a live process: record why it stopped, then re-raise.
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "knobflow error"
+        store.finish(
+            study,
+            number,
+            state=TrialState.FAIL,
+            value=None,
+            attrs={"reason": f"{why} while running the trial: {exc!r}", "interrupted": why == "interrupted"},
+            tuner=tuner,
         )
-        if not result.ok and exp.benchmark_playbook() is not None:
-            # trial.yml reverts in its rescue; a user's playbook cannot, so revert here.
-            bridge.run_playbook(
-                "revert.yml",
-                inventory=exp.inventory(),
-                extravars=_extravars(exp, number, params),
-                roles_path=exp.roles_path(),
-                limit=exp.model.target.hosts,
-                timeout=exp.model.budget.trial_timeout,
-                log_path=trial_log_path(exp, number),
-            )
+        if why == "interrupted":  # run this configuration again next time, as recovery would
+            user_attrs: dict[str, Any] = {"requeued_from": number}
+            if baseline:
+                user_attrs["baseline"] = True
+            study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
+        raise
 
     metrics: dict[str, Any] = dict(result.stats.get("knobflow_metrics") or {})
     bench = result.stats.get("knobflow_benchmark") or {}

@@ -417,6 +417,8 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
 
     if m.tuner.name not in registry.names():
         out.append(Problem("tuner.name", f"unknown tuner {m.tuner.name!r}; known: {', '.join(registry.names())}"))
+    elif m.tuner.options and (why := registry.check(m.tuner.name, m.tuner.options)):
+        out.append(Problem("tuner.options", f"not accepted by the {m.tuner.name} tuner: {why}"))
 
     if (
         m.target.inventory is not None

@@ -133,8 +133,8 @@ def build_dag(exp: Experiment) -> DAG:
                 f"trial {result.number}: {result.state}; objective {result.value}; params {result.params}; "
                 f"metrics {result.metrics}"
             )
+            ctx["ti"].xcom_push(key="trial", value=out)  # also when the trial failed
             if result.state != "complete":
-                ctx["ti"].xcom_push(key="return_value", value=out)
                 raise AirflowException(f"trial {result.number} failed: {result.reason}")
             return out
 

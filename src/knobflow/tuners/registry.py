@@ -19,3 +19,14 @@ def create(name: str, *, seed: int | None = None, options: dict[str, Any] | None
     if name not in SAMPLERS:
         raise ValueError(f"unknown tuner {name!r}; known: {', '.join(names())}")
     return OptunaTuner(name=name, seed=seed, options=dict(options or {}))
+
+
+def check(name: str, options: dict[str, Any]) -> str | None:
+    """Return why ``options`` are not valid for tuner ``name``, or None when they are."""
+    from knobflow.tuners.optuna import SAMPLERS
+
+    try:
+        SAMPLERS[name](0, dict(options))
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
