@@ -277,10 +277,19 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
 
 
 def _store_for(args: argparse.Namespace) -> Any:
+    """The store to read; None when it is a SQLite file that does not exist (reading creates nothing)."""
     from knobflow.store import Store
 
     url = args.storage or f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
     return Store(url)
+
+
+def _no_store(args: argparse.Namespace, command: str, name: str) -> int:
+    url = args.storage or f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
+    print(f"knobflow {command}: no experiment named {name!r}: there is no store at {url}", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def _resolve_name(args: argparse.Namespace) -> str:
@@ -299,6 +308,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     import optuna
 
     store = _store_for(args)
+    if store is None:
+        print("[]" if args.json else "no experiments (the store does not exist yet)")
+        return EXIT_OK
     rows = []
     for s in optuna.get_all_study_summaries(store.storage):
         recs = [t for t in store.storage.get_all_trials(s._study_id, deepcopy=False)]
@@ -323,6 +335,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     name = _resolve_name(args)
     store = _store_for(args)
+    if store is None:
+        return _no_store(args, "best", name)
     try:
         records = store.records(name)
     except StoreError as exc:
@@ -373,8 +387,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from knobflow.store import StoreError
 
     name = _resolve_name(args)
+    store = _store_for(args)
+    if store is None:
+        return _no_store(args, "delete", name)
     try:
-        _store_for(args).delete(name)
+        store.delete(name)
     except StoreError as exc:
         print(f"knobflow delete: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -423,8 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print("knobflow run: --trials and --max-failed must be at least 1", file=sys.stderr)
         return EXIT_INVALID
+    from knobflow.spec import SpecError
+
     try:
         return int(args.func(args))
+    except SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

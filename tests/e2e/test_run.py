@@ -60,6 +60,10 @@ def test_run_then_a_larger_budget_adds_trials(tmp_path: Path, home: Path) -> Non
     trials = _store(home).trials(_store(home).load("test-sqlite-fast"))
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    # parallel = 1: every suggestion was made after the previous trial's result was in.
+    for prev, nxt in zip(trials, trials[1:], strict=False):
+        assert nxt.user_attrs["started"] >= prev.user_attrs["finished"]
+        assert nxt.datetime_start >= prev.datetime_complete
 
     best = knobflow("best", "test-sqlite-fast", home=home, check=True)
     assert "best trial" in best.stdout and "gain over the baseline" in best.stdout
