@@ -25,6 +25,7 @@ from knobflow.spec import Experiment, Tunable
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+OWNERLESS_GRACE_S = 120.0
 
 
 class StoreError(Exception):
@@ -109,7 +110,38 @@ class Store:
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
         else:
             engine_kwargs = {"pool_pre_ping": True}
-        self.storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        self.storage = self._open(url, engine_kwargs)
+
+    @staticmethod
+    def _open(url: str, engine_kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+        """Open the storage; Optuna creates its tables the first time.
+
+        Processes opening a new database at once race to create the tables and stamp the schema
+        version. For SQLite a file lock next to the database serialises the first open; for other
+        databases the loser of the race sees "already exists" or a unique violation, and opens again.
+        """
+        import fcntl
+
+        from sqlalchemy.exc import IntegrityError, OperationalError
+
+        lock = None
+        if url.startswith("sqlite:///"):
+            lock = open(url.removeprefix("sqlite:///") + ".open-lock", "a")  # noqa: SIM115
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for attempt in range(5):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+                except (OperationalError, IntegrityError) as exc:
+                    text = str(exc)
+                    if ("already exists" not in text and "UNIQUE" not in text.upper()) or attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            raise AssertionError("unreachable")
+        finally:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
 
     # Studies -----------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -189,7 +221,9 @@ class Store:
             owner = t.user_attrs.get("owner") or {}
             alive = _owner_alive(owner) if owner else None
             started = float(t.user_attrs.get("started") or (t.datetime_start.timestamp() if t.datetime_start else 0))
-            if alive is True or (alive is None and now - started < grace_s):
+            # A trial with no owner was killed between ask and stamping (milliseconds apart).
+            grace = grace_s if owner else min(grace_s, OWNERLESS_GRACE_S)
+            if alive is True or (alive is None and now - started < grace):
                 continue
             who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "an unknown process"
             self.finish(

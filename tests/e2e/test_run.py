@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -61,7 +62,7 @@ def test_run_then_a_larger_budget_adds_trials(tmp_path: Path, home: Path) -> Non
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # parallel = 1: every suggestion was made after the previous trial's result was in.
-    for prev, nxt in zip(trials, trials[1:], strict=False):
+    for prev, nxt in itertools.pairwise(trials):
         assert nxt.user_attrs["started"] >= prev.user_attrs["finished"]
         assert nxt.datetime_start >= prev.datetime_complete
 

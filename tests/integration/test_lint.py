@@ -19,7 +19,7 @@ def test_ansible_lint_production_profile(target: str) -> None:
     lint = Path(sys.executable).parent / "ansible-lint"
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles")}
     out = subprocess.run(
-        [str(lint), "--offline", "--profile", "production", target],
+        [str(lint), "--offline", "--profile", "production", "." if target == "roles" else target],
         cwd=REPO if target == "playbooks" else REPO / "roles",
         env=env,
         capture_output=True,

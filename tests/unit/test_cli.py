@@ -10,9 +10,8 @@ from tests.conftest import knobflow
 
 def test_a_second_run_of_the_same_experiment_is_refused(tmp_path: Path) -> None:
     with cli._experiment_lock(tmp_path, "exp"):
-        with pytest.raises(RuntimeError, match=r"already running \(pid \d+\)"):
-            with cli._experiment_lock(tmp_path, "exp"):
-                pass
+        with pytest.raises(RuntimeError, match=r"already running \(pid \d+\)"), cli._experiment_lock(tmp_path, "exp"):
+            pass
         with cli._experiment_lock(tmp_path, "other"):  # other experiments are not blocked
             pass
     with cli._experiment_lock(tmp_path, "exp"):  # released after use

@@ -109,3 +109,18 @@ def test_trial_of_another_host_is_stale_only_after_the_grace(exp: spec.Experimen
     t.set_user_attr("started", time.time())
     assert store.recover(study, grace_s=3600) == []
     assert store.recover(study, grace_s=-1) == [0]
+
+
+def test_trial_without_owner_is_stale_after_a_short_grace(exp: spec.Experiment, home: Path) -> None:
+    from knobflow import store as store_mod
+
+    store = _store(home)
+    study = store.open(exp)
+    registry.create("tpe", seed=1).ask(study, _dists(exp))  # killed before it was stamped
+    assert store.recover(study, grace_s=3600) == []
+    old = store_mod.OWNERLESS_GRACE_S
+    store_mod.OWNERLESS_GRACE_S = -1.0
+    try:
+        assert store.recover(study, grace_s=3600) == [0]
+    finally:
+        store_mod.OWNERLESS_GRACE_S = old
