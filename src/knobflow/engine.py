@@ -184,6 +184,29 @@ def _playbook_for(exp: Experiment, workdir: Path) -> Path:
     return wrapper
 
 
+def _run_on_target(
+    exp: Experiment,
+    playbook: str | Path,
+    extravars: dict[str, Any],
+    log_path: Path,
+    *,
+    on_line: Callable[[str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> bridge.RunResult:
+    """Run one playbook against the experiment's inventory, hosts and roles."""
+    return bridge.run_playbook(
+        playbook,
+        inventory=exp.inventory(),
+        extravars=extravars,
+        roles_path=exp.roles_path(),
+        limit=exp.model.target.hosts,
+        timeout=exp.model.budget.trial_timeout,
+        log_path=log_path,
+        on_line=on_line,
+        cancel=cancel,
+    )
+
+
 def _run_playbooks(
     exp: Experiment,
     number: int,
@@ -193,30 +216,13 @@ def _run_playbooks(
     cancel: Callable[[], bool] | None,
 ) -> bridge.RunResult:
     """One trial's Ansible: trial.yml (or apply.yml + the user's benchmark playbook, then revert on failure)."""
+    log = trial_log_path(exp, number)
+    extravars = _extravars(exp, number, params)
     with tempfile.TemporaryDirectory(prefix="knobflow-trial-") as tmp:
-        playbook = _playbook_for(exp, Path(tmp))
-        result = bridge.run_playbook(
-            playbook,
-            inventory=exp.inventory(),
-            extravars=_extravars(exp, number, params),
-            roles_path=exp.roles_path(),
-            limit=exp.model.target.hosts,
-            timeout=exp.model.budget.trial_timeout,
-            log_path=trial_log_path(exp, number),
-            on_line=on_line,
-            cancel=cancel,
-        )
-        if not result.ok and exp.benchmark_playbook() is not None:
-            # trial.yml reverts in its rescue; a user's playbook cannot, so revert here.
-            bridge.run_playbook(
-                "revert.yml",
-                inventory=exp.inventory(),
-                extravars=_extravars(exp, number, params),
-                roles_path=exp.roles_path(),
-                limit=exp.model.target.hosts,
-                timeout=exp.model.budget.trial_timeout,
-                log_path=trial_log_path(exp, number),
-            )
+        result = _run_on_target(exp, _playbook_for(exp, Path(tmp)), extravars, log, on_line=on_line, cancel=cancel)
+    if not result.ok and exp.benchmark_playbook() is not None:
+        # trial.yml reverts in its rescue; a user's playbook cannot, so revert here.
+        _run_on_target(exp, "revert.yml", extravars, log)
     return result
 
 
@@ -351,28 +357,11 @@ def finish(exp: Experiment, lim: Limits) -> Summary:
     if action == "keep":
         progress.emit("finish", summary)
         return summary
-    extravars = _extravars(exp, -1, {})
     if action == "best" and summary.best is not None:
-        extravars = _extravars(exp, summary.best.number, summary.best.params)
-        result = bridge.run_playbook(
-            "apply.yml",
-            inventory=exp.inventory(),
-            extravars=extravars,
-            roles_path=exp.roles_path(),
-            limit=exp.model.target.hosts,
-            timeout=exp.model.budget.trial_timeout,
-            log_path=_paths.knobflow_home() / "logs" / exp.name / "finish.log",
-        )
+        playbook, extravars = "apply.yml", _extravars(exp, summary.best.number, summary.best.params)
     else:
-        result = bridge.run_playbook(
-            "revert.yml",
-            inventory=exp.inventory(),
-            extravars=extravars,
-            roles_path=exp.roles_path(),
-            limit=exp.model.target.hosts,
-            timeout=exp.model.budget.trial_timeout,
-            log_path=_paths.knobflow_home() / "logs" / exp.name / "finish.log",
-        )
+        playbook, extravars = "revert.yml", _extravars(exp, -1, {})
+    result = _run_on_target(exp, playbook, extravars, _paths.knobflow_home() / "logs" / exp.name / "finish.log")
     if not result.ok:
         summary.finish_error = f"{action} failed: {result.reason}"
     progress.emit("finish", summary)

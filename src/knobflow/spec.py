@@ -330,6 +330,12 @@ def _tunable_problems(i: int, t: Tunable) -> list[Problem]:
             return out
         if len({json.dumps(c) for c in t.choices}) != len(t.choices):
             bad("choices", "choices must be unique")
+        kinds = {type(c) for c in t.choices}
+        if bool in kinds and str in kinds:
+            bad(
+                "choices",
+                'mixes booleans and strings: YAML reads unquoted off/on/yes/no as booleans; quote them ("off")',
+            )
         if not any(c == t.default and type(c) is type(t.default) for c in t.choices):
             bad("default", f"{t.default!r} is not one of the choices {t.choices}")
         return out

@@ -8,7 +8,6 @@ and process that ran it, and on failure the reason. Running an experiment again 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -268,8 +267,3 @@ class Store:
 
     def records(self, name: str) -> list[TrialRecord]:
         return [TrialRecord.from_frozen(t) for t in self.trials(self.load(name))]
-
-
-def owner_is_me(frozen: FrozenTrial) -> bool:
-    owner = frozen.user_attrs.get("owner") or {}
-    return owner.get("host") == socket.gethostname() and owner.get("pid") == os.getpid()

@@ -23,40 +23,17 @@ def test_defaults_and_tuned_settings_both_run(tmp_path: Path) -> None:
     assert not (tmp_path / "a.db").exists(), "the workload cleans up its database"
 
 
+def _workload(cfg: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    argv = ["-m", "knobflow.workloads.sqlite_workload", "--config", str(cfg), "--db", str(db), "--duration", "0.2"]
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+
+
 def test_cli_prints_one_json_line_and_rejects_a_bad_config(tmp_path: Path) -> None:
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"pragmas": {"journal_mode": "wal"}, "batch_size": 10}))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knobflow.workloads.sqlite_workload",
-            "--config",
-            str(cfg),
-            "--db",
-            str(tmp_path / "x.db"),
-            "--duration",
-            "0.2",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = _workload(cfg, tmp_path / "x.db")
+    assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip())["throughput_ops"] > 0
     cfg.write_text(json.dumps({"pragmas": {"journal_mode": "wal; DROP TABLE x"}}))
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knobflow.workloads.sqlite_workload",
-            "--config",
-            str(cfg),
-            "--db",
-            str(tmp_path / "x.db"),
-            "--duration",
-            "0.2",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = _workload(cfg, tmp_path / "x.db")
     assert bad.returncode == 2 and "bad value for pragma journal_mode" in bad.stderr
