@@ -85,6 +85,23 @@ def test_run_then_a_larger_budget_adds_trials(tmp_path: Path, home: Path) -> Non
     )
     labels = {r[0] for r in rows}
     assert {"trial 0 (baseline)", "trial 1", "trial 2", "trial 3", "trial 4"} <= labels
+    xcoms = _trial_xcoms("knobflow_test-sqlite-fast")
+    assert sorted(x["number"] for x in xcoms) == [0, 1, 2, 3, 4]
+    assert all(x["params"] and x["metrics"]["throughput_ops"] > 0 for x in xcoms)
+
+
+def _trial_xcoms(dag_id: str) -> list[dict]:
+    """The trial records that the trial task instances left in XCom (Airflow's metadata DB)."""
+    import json
+    import sqlite3
+
+    af = Path(os.environ["KNOBFLOW_AIRFLOW_HOME"]) / "airflow.db"
+    rows = (
+        sqlite3.connect(af)
+        .execute("select value from xcom where dag_id=? and task_id='trial' and key='trial'", (dag_id,))
+        .fetchall()
+    )
+    return [json.loads(r[0]) for r in rows]
 
 
 def _flaky(exp_dir: Path, **changes: str) -> Path:
@@ -121,6 +138,8 @@ def test_failed_trials_are_recorded_with_the_reason_and_the_run_goes_on(exp_dir:
     assert len(recs) == 5
     best = knobflow("best", str(f), home=home)
     assert "failed trial 1:" in best.stdout and "boom" in best.stdout
+    failed_xcom = [x for x in _trial_xcoms("knobflow_test-flaky") if x["number"] == 1]
+    assert failed_xcom and failed_xcom[-1]["state"] == "fail" and "boom" in failed_xcom[-1]["reason"]
 
 
 def test_max_failed_stops_the_experiment_with_a_clear_message(exp_dir: Path, home: Path) -> None:
