@@ -104,6 +104,7 @@ def build_dag(exp: Experiment) -> DAG:
             task_id="trial",
             map_index_template=TRIAL_LABEL,
             max_active_tis_per_dagrun=m.parallel,
+            multiple_outputs=False,
         )
         def trial(slot: int) -> dict[str, Any]:
             """One trial: ask the tuner, apply + benchmark in one playbook run, tell the result."""
@@ -133,12 +134,13 @@ def build_dag(exp: Experiment) -> DAG:
                 f"trial {result.number}: {result.state}; objective {result.value}; params {result.params}; "
                 f"metrics {result.metrics}"
             )
-            ctx["ti"].xcom_push(key="trial", value=out)  # also when the trial failed
+            # Every trial's record under one key, failed ones included (a failed task returns nothing).
+            ctx["ti"].xcom_push(key="trial", value=out)
             if result.state != "complete":
                 raise AirflowException(f"trial {result.number} failed: {result.reason}")
             return out
 
-        @task(task_id="finish", trigger_rule="all_done")
+        @task(task_id="finish", trigger_rule="all_done", multiple_outputs=False)
         def finish() -> dict[str, Any]:
             """Summarise, put the target back (or apply the best), fail if max_failed was reached."""
             from airflow.sdk.exceptions import AirflowFailException
