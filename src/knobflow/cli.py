@@ -148,7 +148,7 @@ def _quiet_fds(log_path: Path) -> Iterator[IO[str]]:
             console.close()
 
 
-def _trial_line(r: Any, metric: str, started: float) -> str:
+def _trial_line(r: Any, metric: str) -> str:
     head = f"trial {r.number:>3}{' (baseline)' if r.baseline else ''}"
     if r.state == "complete":
         best = f"best {_fmt_value(r.best_value)} (#{r.best_number})" if r.best_value is not None else ""
@@ -237,7 +237,7 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
 
         def listener(kind: str, payload: Any) -> None:
             if kind == "trial":
-                console.write(_trial_line(payload, m.objective.metric, started) + "\n")
+                console.write(_trial_line(payload, m.objective.metric) + "\n")
                 console.flush()
 
         unsubscribe = progress.subscribe(listener)

@@ -201,9 +201,8 @@ def _marks(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], in
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
             _marks(value_node, (*path, key), out)
-            out[(*path, key)] = key_node.start_mark.line + 1
+            out[(*path, key)] = key_node.start_mark.line + 1  # the key's line, not its value's
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _marks(item, (*path, i), out)
@@ -231,7 +230,7 @@ def _pydantic_problems(err: ValidationError, marks: dict[tuple[Any, ...], int]) 
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
         # Pydantic reports union members as extra path parts ("int", "float", ...): drop them.
-        loc = tuple(p for p in loc if p not in ("int", "float", "str", "bool", "function-after[...]"))
+        loc = tuple(p for p in loc if p not in ("int", "float", "str", "bool"))
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check its spelling and indentation)"
