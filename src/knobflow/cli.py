@@ -234,8 +234,11 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
 
     started = time.monotonic()
     with _quiet_fds(run_log) as console:
+        finished: list[Any] = []
 
         def listener(kind: str, payload: Any) -> None:
+            if kind == "finish":
+                finished.append(payload)
             if kind == "trial":
                 console.write(_trial_line(payload, m.objective.metric) + "\n")
                 console.flush()
@@ -255,8 +258,10 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
             dagrun = dag.test(run_conf={"trials": args.trials, "max_failed": args.max_failed})
         finally:
             unsubscribe()
-    summary = engine.summarize(exp, lim)
-    summary.finish_action = exp.model.finish
+    # The finish task's own summary says what it did to the target; without one, it did not run.
+    summary = finished[-1] if finished else engine.summarize(exp, lim)
+    if not finished:
+        summary.finish_error = "the finish step did not run; the target may hold the last trial's configuration"
     _print_summary(summary, sys.stdout)
     state = str(getattr(dagrun, "state", ""))
     print(f"Airflow run {getattr(dagrun, 'run_id', '?')}: {state} in {time.monotonic() - started:.0f} s")

@@ -220,9 +220,12 @@ def _run_playbooks(
     extravars = _extravars(exp, number, params)
     with tempfile.TemporaryDirectory(prefix="knobflow-trial-") as tmp:
         result = _run_on_target(exp, _playbook_for(exp, Path(tmp)), extravars, log, on_line=on_line, cancel=cancel)
-    if not result.ok and exp.benchmark_playbook() is not None:
-        # trial.yml reverts in its rescue; a user's playbook cannot, so revert here.
-        _run_on_target(exp, "revert.yml", extravars, log)
+    # trial.yml reverts in its rescue, but a user's playbook cannot, and a run killed for its time
+    # limit (or cancelled) never reaches the rescue: revert here then.
+    if not result.ok and (exp.benchmark_playbook() is not None or result.status in ("timeout", "canceled")):
+        reverted = _run_on_target(exp, "revert.yml", extravars, log)
+        if not reverted.ok:
+            result.reason = f"{result.reason}; reverting the target failed too: {reverted.reason}"
     return result
 
 
@@ -360,6 +363,7 @@ def finish(exp: Experiment, lim: Limits) -> Summary:
     if action == "best" and summary.best is not None:
         playbook, extravars = "apply.yml", _extravars(exp, summary.best.number, summary.best.params)
     else:
+        summary.finish_action = "revert"  # also for `best` when no trial completed
         playbook, extravars = "revert.yml", _extravars(exp, -1, {})
     result = _run_on_target(exp, playbook, extravars, _paths.knobflow_home() / "logs" / exp.name / "finish.log")
     if not result.ok:

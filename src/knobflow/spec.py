@@ -165,8 +165,12 @@ class Experiment:
         return f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
 
     def space_fingerprint(self) -> str:
-        """A hash of what defines the search space; a study refuses a changed space."""
-        space = [[t.name, t.type, t.low, t.high, t.step, t.log, t.choices] for t in self.model.tunables]
+        """A hash of what makes trials comparable: the search space (in any order) and the objective metric.
+
+        A study refuses a file whose fingerprint differs from the one it was created with.
+        """
+        space = sorted([t.name, t.type, t.low, t.high, t.step, t.log, t.choices] for t in self.model.tunables)
+        space.append(["objective", self.model.objective.metric])
         return hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:16]
 
     def params_by_layer(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -359,7 +363,7 @@ def _tunable_problems(i: int, t: Tunable) -> list[Problem]:
         if not check(t.step) or t.step <= 0:
             bad("step", f"must be a positive {'integer' if t.type == 'int' else 'number'}, got {t.step!r}")
             return out
-        if t.log and t.step != 1:
+        if t.log and (t.type == "float" or t.step != 1):
             bad("step", "a log-scale tunable cannot have a step (remove step or log)")
             return out
         span = (t.high - t.low) / t.step
@@ -380,6 +384,8 @@ def _tunable_problems(i: int, t: Tunable) -> list[Problem]:
 
 
 def _role_exists(name: str, roles_path: list[Path]) -> bool:
+    if name.count(".") >= 2:  # a collection's role (namespace.collection.role): Ansible resolves it
+        return True
     return any((d / name / "tasks").is_dir() for d in roles_path)
 
 
@@ -447,15 +453,21 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
             )
         )
 
-    # The same variable set in two places is ambiguous: refuse it.
+    # The same variable set in two places is ambiguous: refuse it. A layer role's `<role>_settings`
+    # and `knobflow_*` carry each trial's values: setting them as extra variables would override them.
+    settings_vars = {f"{layer.role}_settings" for layer in m.layers.values()}
     owners: dict[str, str] = {}
     sources = [("vars", m.vars)] + [(f"layers.{k}.vars", v.vars) for k, v in m.layers.items()]
     sources.append(("benchmark.vars", b.vars))
     for where, variables in sources:
         for key in variables:
-            if key == "knobflow":
+            if key == "knobflow" or key.startswith("knobflow_") or key in settings_vars:
                 out.append(
-                    Problem(f"{where}.{key}", "'knobflow' is reserved for the variables knobflow passes to Ansible")
+                    Problem(
+                        f"{where}.{key}",
+                        f"{key!r} is reserved: knobflow sets it for every trial (extra variables would override "
+                        "the trial's values)",
+                    )
                 )
             elif key in owners:
                 out.append(Problem(f"{where}.{key}", f"also set in {owners[key]}; set each variable once"))

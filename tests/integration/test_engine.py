@@ -100,3 +100,12 @@ def test_objective_metric_missing_is_a_failed_trial(exp_dir: Path, home: Path) -
     assert r.state == "fail"
     assert "did not report the objective metric 'latency_ms'" in (r.reason or "")
     assert "score" in (r.reason or "")
+
+
+def test_a_trial_killed_for_its_time_limit_is_failed_and_the_target_reverted(exp_dir: Path, home: Path) -> None:
+    exp = _exp(exp_dir, **{"  max_failed: 10": "  max_failed: 10\n  trial_timeout: 4\nvars:\n  bench_sleep: 30"})
+    lim = engine.limits(exp, trials=1)
+    engine.prepare(exp, lim)
+    r = engine.run_trial(exp, lim)
+    assert r.state == "fail" and "timed out after 4 s" in (r.reason or "")
+    assert not (home / "noop-layer.json").exists(), "the layer must be reverted after a timeout"

@@ -157,9 +157,51 @@ def test_regex_metrics_and_timeout(tmp_path: Path) -> None:
     assert not r.ok and r.reason is not None and "timed out after 1 s" in r.reason
 
 
+def _sleepers(tag: str) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and tag in p.info["cmdline"]]
+
+
 def test_runner_timeout_and_cancel(tmp_path: Path) -> None:
-    v = _vars(tmp_path, {}, ["/bin/sleep", "30"])
+    import time
+
+    v = _vars(tmp_path, {}, ["/bin/sleep", "31.25"])
     r = bridge.run_playbook("trial.yml", extravars=v, timeout=3)
     assert r.status == "timeout" and r.reason is not None and "timed out after 3 s" in r.reason
+    deadline = time.monotonic() + 10
+    while _sleepers("31.25") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _sleepers("31.25"), "a killed trial must not leave its benchmark running"
     r = bridge.run_playbook("trial.yml", extravars=v, cancel=lambda: True)
     assert r.status == "canceled"
+
+
+def test_benchmark_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    argv = ["/bin/sh", "-c", "sleep 32.5 & sleep 32.5; wait"]
+    v = _vars(tmp_path, {}, argv)
+    v["knobflow"]["benchmark"]["timeout"] = 1
+    r = bridge.run_playbook("trial.yml", extravars=v)
+    assert not r.ok and "timed out after 1 s" in (r.reason or "")
+    assert not _sleepers("32.5")
+
+
+def test_bench_command_errors_name_the_problem(tmp_path: Path) -> None:
+    v = _vars(tmp_path, {}, ["/bin/echo", "{}"])
+    v["bench_command_chdir"] = str(tmp_path / "nowhere")
+    r = bridge.run_playbook("trial.yml", extravars=v)
+    assert not r.ok and "is not a directory" in (r.reason or "")
+    script = tmp_path / "not-executable.sh"
+    script.write_text("echo hi\n")
+    r = bridge.run_playbook("trial.yml", extravars=_vars(tmp_path, {}, [str(script)]))
+    assert not r.ok and "cannot start the benchmark command" in (r.reason or "") and "ermission" in (r.reason or "")
+
+
+def test_revert_restores_a_file_that_was_not_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg" / "config.json"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("# hand-written, not JSON\n")
+    assert bridge.run_playbook("apply.yml", extravars=_vars(tmp_path, {"batch_size": 3})).ok
+    r = bridge.run_playbook("revert.yml", extravars=_vars(tmp_path, {}))
+    assert r.ok, r.reason
+    assert cfg.read_text() == "# hand-written, not JSON\n"

@@ -89,6 +89,15 @@ def test_space_fingerprint_tracks_the_space_only() -> None:
     c = spec.parse(text.replace("high: 1000", "high: 2000"), base_dir=REPO / "experiments")
     assert a.space_fingerprint() == b.space_fingerprint()
     assert a.space_fingerprint() != c.space_fingerprint()
+    # Reordering tunables changes nothing; another objective metric makes trials incomparable.
+    reordered = spec.parse(
+        text.replace("  - name: journal_mode\n", "  - name: journal_mode_tmp\n"), base_dir=REPO / "experiments"
+    )
+    assert reordered.space_fingerprint() != a.space_fingerprint()  # sanity: names count
+    d = a.model.model_copy(update={"tunables": list(reversed(a.model.tunables))})
+    assert spec.Experiment(model=d, path=None, base_dir=a.base_dir).space_fingerprint() == a.space_fingerprint()
+    e = spec.parse(text.replace("metric: throughput_ops", "metric: read_p99_ms"), base_dir=REPO / "experiments")
+    assert e.space_fingerprint() != a.space_fingerprint()
 
 
 def test_float_and_step_tunables() -> None:

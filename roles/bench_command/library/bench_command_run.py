@@ -52,6 +52,7 @@ author: knobflow maintainers
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import time
@@ -89,6 +90,35 @@ def parse(stdout, regex):
     return {}
 
 
+def _die_with_parent():
+    """In the child: get SIGKILL when this module's process dies (Linux), so a killed run leaves no benchmark."""
+    os.setsid()
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_command(argv, chdir, env, timeout):
+    """Run argv in its own process group; on timeout kill the whole group (grandchildren included)."""
+    proc = subprocess.Popen(argv, cwd=chdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_die_with_parent)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def combine(values, how):
     if how == "mean":
         return statistics.fmean(values)
@@ -118,6 +148,8 @@ def main():
         module.fail_json(msg="argv is empty: give the benchmark command as a list")
     if p["repeats"] < 1 or p["warmup"] < 0:
         module.fail_json(msg="repeats must be >= 1 and warmup >= 0")
+    if p["chdir"] and not os.path.isdir(p["chdir"]):
+        module.fail_json(msg="chdir %s is not a directory on %s" % (p["chdir"], os.uname()[1]))
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in p["environment"].items()})
     total = p["warmup"] + p["repeats"]
@@ -127,12 +159,11 @@ def main():
             i - p["warmup"] + 1, p["repeats"])
         started = time.monotonic()
         try:
-            proc = subprocess.run(p["argv"], cwd=p["chdir"], env=env, capture_output=True, text=True,
-                                  timeout=p["timeout"])
-        except FileNotFoundError:
-            module.fail_json(msg="benchmark command not found: %s" % p["argv"][0])
+            proc = run_command(p["argv"], p["chdir"], env, p["timeout"])
         except subprocess.TimeoutExpired:
             module.fail_json(msg="benchmark command timed out after %d s (%s)" % (p["timeout"], label))
+        except OSError as exc:
+            module.fail_json(msg="cannot start the benchmark command %s: %s" % (p["argv"][0], exc.strerror or exc))
         elapsed = time.monotonic() - started
         if proc.returncode != 0:
             module.fail_json(msg="benchmark command exited with status %d (%s): %s" % (
@@ -148,9 +179,7 @@ def main():
         if i >= p["warmup"]:
             metrics.setdefault("benchmark_seconds", elapsed)
             runs.append(metrics)
-    names = sorted(set.intersection(*(set(r) for r in runs)))
-    if not names:
-        module.fail_json(msg="the measured runs share no metric name: %s" % [sorted(r) for r in runs])
+    names = sorted(set.intersection(*(set(r) for r in runs)))  # benchmark_seconds at least
     aggregated = {n: combine([r[n] for r in runs], p["aggregate"]) for n in names}
     spread = {}
     for n in names:

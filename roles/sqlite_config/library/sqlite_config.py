@@ -97,6 +97,14 @@ def build(settings):
     return config, errors
 
 
+def as_config(text):
+    """The configuration in ``text``, or None when there is none or it is not JSON (a hand-edited file)."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 def read(path):
     try:
         with open(path) as f:
@@ -128,7 +136,7 @@ def main():
             if not module.check_mode:
                 shutil.copy2(backup, path)
                 os.remove(backup)
-            result["config"] = json.loads(original) if original else None
+            result["config"] = as_config(original)
         elif os.path.exists(absent_marker):
             result["changed"] = current is not None
             result["diff"] = dict(before=current or "", after="")
@@ -138,7 +146,7 @@ def main():
                 os.remove(absent_marker)
             result["config"] = None
         else:
-            result["config"] = json.loads(current) if current else None
+            result["config"] = as_config(current)
         module.exit_json(**result)
 
     config, errors = build(module.params["settings"])

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,28 @@ class _Events:
         return True  # keep the event in the artifacts too
 
 
+def _kill_tagged(tag: str) -> int:
+    """SIGKILL every process on this machine whose environment carries ``KNOBFLOW_RUN_TAG=tag``.
+
+    ansible-runner kills ansible-playbook on a timeout, but modules already running (a benchmark,
+    say) outlive it. Processes on remote hosts are out of reach here.
+    """
+    import psutil
+
+    needle = f"KNOBFLOW_RUN_TAG={tag}".encode()
+    killed = 0
+    for proc in psutil.process_iter():
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+                if needle not in fh.read():
+                    continue
+            proc.kill()
+            killed += 1
+        except (OSError, psutil.Error):
+            continue
+    return killed
+
+
 def run_playbook(
     playbook: str | Path,
     *,
@@ -130,6 +153,10 @@ def run_playbook(
     bindir = str(Path(sys.executable).parent)
     if (Path(bindir) / "ansible-playbook").exists() and bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    # Every process of this run (ansible-playbook, its workers, modules run locally, the benchmark)
+    # inherits this marker, so that a run killed for its time limit leaves nothing behind.
+    run_tag = uuid.uuid4().hex
+    envvars["KNOBFLOW_RUN_TAG"] = run_tag
     private = Path(tempfile.mkdtemp(prefix="knobflow-runner-"))
     log: IO[str] | None = None
     if log_path is not None:
@@ -161,6 +188,8 @@ def run_playbook(
             log.close()
         if not keep_artifacts:
             shutil.rmtree(private, ignore_errors=True)
+    if status in ("timeout", "canceled"):
+        _kill_tagged(run_tag)
     duration = time.monotonic() - started
     reason = events.reason
     if status == "timeout":
