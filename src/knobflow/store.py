@@ -159,7 +159,8 @@ class Store:
             if old is not None and old != fingerprint:
                 raise StoreError(
                     f"experiment {exp.name!r} already has a study whose search space differs from this "
-                    f"file's (tunables, bounds, steps, choices or the objective metric changed). Give the experiment a new name, "
+                    f"file's (tunables, bounds, steps, choices or the objective metric changed). "
+                    f"Give the experiment a new name, "
                     f"or delete the old study with `knobflow delete {exp.name}`."
                 )
             if study.direction.name.lower() != direction:
