@@ -260,7 +260,9 @@ def run_trial(
         result = _run_playbooks(exp, number, params, on_line=on_line, cancel=cancel)
     except BaseException as exc:
         # Never leave a trial RUNNING behind a live process: record why it stopped, then re-raise.
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "knobflow error"
+        # Exceptions are errors; other BaseExceptions stop the process (Ctrl-C, SystemExit, Airflow's
+        # AirflowTaskTerminated on SIGTERM): the trial was interrupted and its configuration runs again.
+        why = "knobflow error" if isinstance(exc, Exception) else "interrupted"
         store.finish(
             study,
             number,

@@ -109,3 +109,28 @@ def test_a_trial_killed_for_its_time_limit_is_failed_and_the_target_reverted(exp
     r = engine.run_trial(exp, lim)
     assert r.state == "fail" and "timed out after 4 s" in (r.reason or "")
     assert not (home / "noop-layer.json").exists(), "the layer must be reverted after a timeout"
+
+
+def test_a_terminated_trial_is_interrupted_and_its_configuration_queued_again(
+    exp_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Terminated(BaseException):  # what Airflow raises in a task on SIGTERM
+        pass
+
+    exp = _exp(exp_dir)
+    lim = engine.limits(exp, trials=2)
+    engine.prepare(exp, lim)
+
+    def terminated(*args: object, **kwargs: object) -> bridge.RunResult:
+        raise Terminated("SIGTERM")
+
+    with monkeypatch.context() as patch, pytest.raises(Terminated):
+        patch.setattr(bridge, "run_playbook", terminated)
+        engine.run_trial(exp, lim)
+    store = Store(exp.storage_url())
+    trials = store.trials(store.load(exp.name))
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"] is True
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["baseline"] is True
+    assert store.progress(store.load(exp.name)).done == 0
+    r = engine.run_trial(exp, lim)
+    assert r.number == 1 and r.baseline and r.state == "complete"

@@ -205,3 +205,35 @@ def test_revert_restores_a_file_that_was_not_json(tmp_path: Path) -> None:
     r = bridge.run_playbook("revert.yml", extravars=_vars(tmp_path, {}))
     assert r.ok, r.reason
     assert cfg.read_text() == "# hand-written, not JSON\n"
+
+
+def test_a_caller_stopped_by_sigterm_leaves_no_run_behind(tmp_path: Path) -> None:
+    """Airflow turns SIGTERM into an exception in the task; the playbook run must stop with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps(_vars(tmp_path, {}, ["/bin/sleep", "33.75"])))
+    script = (
+        "import json, signal, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'src')!r})\n"
+        "from knobflow.ansible import bridge\n"
+        "class Terminated(BaseException): pass  # as Airflow's AirflowTaskTerminated\n"
+        "def stop(*a):\n    raise Terminated('terminated')\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"bridge.run_playbook('trial.yml', extravars=json.load(open({str(vars_file)!r})))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _sleepers("33.75") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _sleepers("33.75"), "the benchmark should have started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert "terminated" in err
+    deadline = time.monotonic() + 10
+    while _sleepers("33.75") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _sleepers("33.75")

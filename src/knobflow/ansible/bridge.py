@@ -183,6 +183,12 @@ def run_playbook(
     except Exception as exc:  # ansible-runner raised before or while starting the playbook
         status, rc = "failed", -1
         events.reason = events.reason or f"ansible-runner could not run {playbook.name}: {exc}"
+        _kill_tagged(run_tag)
+    except BaseException:
+        # The caller is being stopped (Airflow raises AirflowTaskTerminated, a BaseException, on
+        # SIGTERM; Ctrl-C raises KeyboardInterrupt): stop the run with it.
+        _kill_tagged(run_tag)
+        raise
     finally:
         if log is not None:
             log.close()
