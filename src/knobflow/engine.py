@@ -245,7 +245,9 @@ def run_trial(
     reason = _stop_reason(p.done + p.running, p.failed, lim)
     if reason:
         raise ExperimentStopped(reason)
-    tuner = registry.create(exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.model.tuner.options)
+    tuner = registry.create(
+        exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.model.tuner.options, defaults=exp.defaults()
+    )
     dists = {t.name: distribution(t) for t in exp.tunables}
     trial = tuner.ask(study, dists)
     store.mark_started(study, trial, run_id)

@@ -41,7 +41,7 @@ class Objective(_Model):
 class Tunable(_Model):
     name: Annotated[str, Field(pattern=NAME_RE)]
     layer: Literal["container", "runtime", "stack", "os"]
-    type: Literal["int", "float", "categorical"]
+    type: Literal["int", "float", "categorical", "bool"]
     low: int | float | None = None
     high: int | float | None = None
     step: int | float | None = None
@@ -322,6 +322,16 @@ def _tunable_problems(i: int, t: Tunable) -> list[Problem]:
     def bad(field: str, msg: str) -> None:
         out.append(Problem(f"{p}.{field}" if field else p, msg))
 
+    if t.type == "bool":
+        for field in ("low", "high", "step", "choices"):
+            if getattr(t, field) is not None:
+                bad(field, "not allowed for a bool tunable (its values are true and false)")
+        if t.log:
+            bad("log", "not allowed for a bool tunable")
+        if not isinstance(t.default, bool):
+            bad("default", f"must be true or false, got {t.default!r}")
+        return out
+
     if t.type == "categorical":
         for field in ("low", "high", "step"):
             if getattr(t, field) is not None:
@@ -383,6 +393,12 @@ def _tunable_problems(i: int, t: Tunable) -> list[Problem]:
     return out
 
 
+def _distributions(tunables: list[Tunable]) -> dict[str, Any]:
+    from knobflow.store import distribution
+
+    return {t.name: distribution(t) for t in tunables}
+
+
 def _role_exists(name: str, roles_path: list[Path]) -> bool:
     if name.count(".") >= 2:  # a collection's role (namespace.collection.role): Ansible resolves it
         return True
@@ -400,6 +416,7 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
             out.append(Problem(f"tunables[{i}].name", f"duplicate tunable {t.name!r} (also tunables[{seen[t.name]}])"))
         seen.setdefault(t.name, i)
         out.extend(_tunable_problems(i, t))
+    space_ok = not out  # the tuner check below needs a valid space
 
     roles_path = exp.roles_path()
     used_layers = sorted({t.layer for t in m.tunables}, key=LAYERS.index)
@@ -428,8 +445,8 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
 
     if m.tuner.name not in registry.names():
         out.append(Problem("tuner.name", f"unknown tuner {m.tuner.name!r}; known: {', '.join(registry.names())}"))
-    elif m.tuner.options and (why := registry.check(m.tuner.name, m.tuner.options)):
-        out.append(Problem("tuner.options", f"not accepted by the {m.tuner.name} tuner: {why}"))
+    elif space_ok and (why := registry.check(m.tuner.name, m.tuner.options, _distributions(m.tunables))):
+        out.append(Problem("tuner.options" if why.startswith("options") else "tuner.name", why))
 
     if (
         m.target.inventory is not None

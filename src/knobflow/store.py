@@ -32,6 +32,8 @@ class StoreError(Exception):
 
 
 def distribution(t: Tunable) -> BaseDistribution:
+    if t.type == "bool":
+        return CategoricalDistribution(choices=(False, True))
     if t.type == "categorical":
         assert t.choices is not None
         return CategoricalDistribution(choices=tuple(t.choices))

@@ -3,28 +3,115 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+Factory = Callable[[int | None, dict[str, Any], dict[str, BaseDistribution]], optuna.samplers.BaseSampler]
 
-def _tpe(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+
+def _tpe(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
     kwargs: dict[str, Any] = {"multivariate": True, "constant_liar": True, "n_startup_trials": 5}
     kwargs.update(options)
     return optuna.samplers.TPESampler(seed=seed, **kwargs)
 
 
-def _random(seed: int | None, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+def _tpe_univariate(
+    seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]
+) -> optuna.samplers.BaseSampler:
+    # What Kruize HPO's `optuna_tpe` ran: independent (univariate) TPE with Optuna's defaults.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=False, **options)
+
+
+def _random(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed, **options)
 
 
-SAMPLERS: dict[str, Callable[[int | None, dict[str, Any]], optuna.samplers.BaseSampler]] = {
-    "tpe": _tpe,
-    "random": _random,
+def _qmc(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    kwargs: dict[str, Any] = {"qmc_type": "sobol", "scramble": True}
+    kwargs.update(options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, **kwargs)
+
+
+def _gp(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, **options)
+
+
+def _cmaes(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.CmaEsSampler(seed=seed, **options)
+
+
+def _nsga2(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, **options)
+
+
+def grid_values(dist: BaseDistribution, points: int) -> list[Any]:
+    """The grid of one tunable: every choice; every step of a small integer or stepped range;
+    otherwise ``points`` values spread evenly (geometrically on a log scale), bounds included."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution | FloatDistribution) and dist.step is not None and not dist.log:
+        count = round((dist.high - dist.low) / dist.step) + 1
+        if count <= points:
+            return [dist.low + k * dist.step for k in range(count)]
+        picks = sorted({round(k * (count - 1) / (points - 1)) for k in range(points)})
+        return [dist.low + k * dist.step for k in picks]
+    assert isinstance(dist, IntDistribution | FloatDistribution)
+    lo, hi = float(dist.low), float(dist.high)
+    if dist.log:
+        values = [math.exp(math.log(lo) + k * (math.log(hi) - math.log(lo)) / (points - 1)) for k in range(points)]
+    else:
+        values = [lo + k * (hi - lo) / (points - 1) for k in range(points)]
+    if isinstance(dist, IntDistribution):
+        return sorted({round(v) for v in values})
+    return values
+
+
+def _grid(
+    seed: int | None, options: dict[str, Any], distributions: dict[str, BaseDistribution]
+) -> optuna.samplers.BaseSampler:
+    opts = dict(options)
+    points = int(opts.pop("points", 5))
+    if points < 2:
+        raise ValueError("grid option points must be at least 2")
+    space = {name: grid_values(d, points) for name, d in distributions.items()}
+    return optuna.samplers.GridSampler(space, seed=seed, **opts)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    factory: Factory
+    summary: str
+    requires: tuple[str, ...] = ()  # importable modules the sampler needs
+    extra: str | None = None  # the knobflow extra that installs them
+    # Rebuilt per ask with a seed derived from the trial count. Not for grid: its visiting order is
+    # a permutation fixed by the seed, and a new seed per ask would visit grid points twice.
+    reseed: bool = True
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "tpe": SamplerSpec(_tpe, "Optuna TPE, multivariate, constant liar, 5 start-up trials"),
+    "tpe-univariate": SamplerSpec(_tpe_univariate, "Optuna TPE with independent parameters (Kruize's optuna_tpe)"),
+    "random": SamplerSpec(_random, "uniform random search"),
+    "grid": SamplerSpec(_grid, "grid search (option points: values per numeric tunable, default 5)", reseed=False),
+    "qmc": SamplerSpec(_qmc, "scrambled Sobol quasi-random search", ("scipy",), "qmc"),
+    "gp": SamplerSpec(_gp, "Optuna's Gaussian-process Bayesian optimisation", ("torch", "scipy"), "gp"),
+    "cmaes": SamplerSpec(_cmaes, "CMA-ES (numeric tunables; categoricals are sampled at random)", ("cmaes",), "cmaes"),
+    "nsga2": SamplerSpec(_nsga2, "NSGA-II genetic algorithm"),
 }
+
+
+def missing_modules(name: str) -> list[str]:
+    return [m for m in SAMPLERS[name].requires if importlib.util.find_spec(m) is None]
 
 
 def _derive_seed(seed: int, n: int) -> int:
@@ -36,21 +123,52 @@ def _derive_seed(seed: int, n: int) -> int:
 class OptunaTuner:
     """An Optuna sampler behind the ask/tell interface.
 
-    The sampler is rebuilt for every ask with a seed derived from (experiment seed, number of
-    trials so far), so a resumed experiment suggests what an uninterrupted one would have.
+    Samplers that learn only from the study (TPE, GP, random, QMC, grid) are rebuilt for every ask
+    with a seed derived from (experiment seed, number of trials so far), so a resumed experiment
+    suggests what an uninterrupted one would have.
     """
 
     name: str
     seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
-    def _sampler(self, study: optuna.Study) -> optuna.samplers.BaseSampler:
-        n = len(study._storage.get_all_trials(study._study_id, deepcopy=False))
-        seed = None if self.seed is None else _derive_seed(self.seed, n)
-        return SAMPLERS[self.name](seed, dict(self.options))
+    def _sampler(self, study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+        spec = SAMPLERS[self.name]
+        if not spec.reseed:
+            seed: int | None = self.seed or 0
+        elif self.seed is None:
+            seed = None
+        else:
+            seed = _derive_seed(self.seed, len(study._storage.get_all_trials(study._study_id, deepcopy=False)))
+        return spec.factory(seed, dict(self.options), distributions)
 
     def ask(self, study: optuna.Study, distributions: dict[str, Any]) -> optuna.Trial:
-        study.sampler = self._sampler(study)
+        study.sampler = self._sampler(study, distributions)
+        return study.ask(fixed_distributions=distributions)
+
+    def tell(self, study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:
+        if state == TrialState.COMPLETE:
+            study.tell(trial_number, value, skip_if_finished=True)
+        else:
+            study.tell(trial_number, state=state, skip_if_finished=True)
+
+
+@dataclass
+class IdentityTuner:
+    """Measures the baseline again and again: every trial runs the tunables' defaults.
+
+    Useful to measure a benchmark's noise, or as the "do nothing" peer in comparisons.
+    """
+
+    defaults: dict[str, Any]
+    name: str = "identity"
+
+    def ask(self, study: optuna.Study, distributions: dict[str, Any]) -> optuna.Trial:
+        waiting = [
+            t for t in study._storage.get_all_trials(study._study_id, deepcopy=False) if t.state == TrialState.WAITING
+        ]
+        if not waiting:
+            study.enqueue_trial(dict(self.defaults), skip_if_exists=False)
         return study.ask(fixed_distributions=distributions)
 
     def tell(self, study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:

@@ -10,23 +10,54 @@ from knobflow.tuners.base import Tuner
 def names() -> list[str]:
     from knobflow.tuners.optuna import SAMPLERS
 
-    return sorted(SAMPLERS)
+    return sorted([*SAMPLERS, "identity"])
 
 
-def create(name: str, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Tuner:
-    from knobflow.tuners.optuna import SAMPLERS, OptunaTuner
+def describe() -> dict[str, str]:
+    """Each tuner's one-line description, with what it needs when that is not installed."""
+    from knobflow.tuners.optuna import SAMPLERS, missing_modules
 
+    out = {"identity": "the baseline only: every trial runs the defaults (noise measurement, a do-nothing peer)"}
+    for name, spec in SAMPLERS.items():
+        missing = missing_modules(name)
+        out[name] = spec.summary + (
+            f" [needs {', '.join(missing)}: pip install 'knobflow[{spec.extra}]']" if missing else ""
+        )
+    return dict(sorted(out.items()))
+
+
+def create(
+    name: str,
+    *,
+    seed: int | None = None,
+    options: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Tuner:
+    """The tuner called ``name``. ``defaults`` (the baseline configuration) is used by ``identity``."""
+    from knobflow.tuners.optuna import SAMPLERS, IdentityTuner, OptunaTuner
+
+    if name == "identity":
+        return IdentityTuner(defaults=dict(defaults or {}))
     if name not in SAMPLERS:
         raise ValueError(f"unknown tuner {name!r}; known: {', '.join(names())}")
     return OptunaTuner(name=name, seed=seed, options=dict(options or {}))
 
 
-def check(name: str, options: dict[str, Any]) -> str | None:
-    """Return why ``options`` are not valid for tuner ``name``, or None when they are."""
-    from knobflow.tuners.optuna import SAMPLERS
+def check(name: str, options: dict[str, Any], distributions: dict[str, Any]) -> str | None:
+    """Why tuner ``name`` cannot run here with ``options`` on this space, or None when it can."""
+    from knobflow.tuners.optuna import SAMPLERS, missing_modules
 
+    if name == "identity":
+        return "the identity tuner takes no options" if options else None
+    spec = SAMPLERS[name]
+    missing = missing_modules(name)
+    if missing:
+        return (
+            f"the {name} tuner needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+            f"not installed: pip install 'knobflow[{spec.extra}]'"
+        )
     try:
-        SAMPLERS[name](0, dict(options))
+        spec.factory(0, dict(options), distributions)
     except (TypeError, ValueError) as exc:
-        return str(exc)
+        return f"options not accepted by the {name} tuner: {exc}"
     return None
