@@ -47,7 +47,10 @@ def _gp(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution
 
 
 def _cmaes(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.CmaEsSampler(seed=seed, **options)
+    # Categoricals are sampled at random by design (documented); do not warn on every trial.
+    kwargs: dict[str, Any] = {"warn_independent_sampling": False}
+    kwargs.update(options)
+    return optuna.samplers.CmaEsSampler(seed=seed, **kwargs)
 
 
 def _nsga2(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
