@@ -27,7 +27,8 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: venv
-	$(BIN)/ruff check src tests dags benchmarks
+	$(BIN)/ruff check src tests dags benchmarks roles
+	$(BIN)/ruff format --check src tests dags benchmarks roles
 	$(BIN)/mypy
 	cd roles && ../$(BIN)/ansible-lint --offline --profile production .
 	ANSIBLE_ROLES_PATH=$(CURDIR)/roles $(BIN)/ansible-lint --offline --profile production playbooks

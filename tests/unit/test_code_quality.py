@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "cmd",
     [
-        ["ruff", "check", "src", "tests", "dags", "benchmarks"],
-        ["ruff", "format", "--check", "src", "tests", "dags", "benchmarks"],
+        ["ruff", "check", "src", "tests", "dags", "benchmarks", "roles"],
+        ["ruff", "format", "--check", "src", "tests", "dags", "benchmarks", "roles"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],

@@ -49,6 +49,7 @@ options:
 author: knobflow maintainers
 """
 
+import contextlib
 import json
 import os
 import re
@@ -61,7 +62,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 
 def tail(text, n=5):
-    lines = [l for l in (text or "").strip().splitlines() if l.strip()]
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return " | ".join(lines[-n:])[-600:]
 
 
@@ -75,7 +76,7 @@ def parse(stdout, regex):
             try:
                 out[k] = float(v)
             except ValueError:
-                raise ValueError("regex group %r matched %r, which is not a number" % (k, v))
+                raise ValueError(f"regex group {k!r} matched {v!r}, which is not a number") from None
         return out
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
@@ -105,15 +106,14 @@ def _die_with_parent():
 
 def run_command(argv, chdir, env, timeout):
     """Run argv in its own process group; on timeout kill the whole group (grandchildren included)."""
-    proc = subprocess.Popen(argv, cwd=chdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        argv, cwd=chdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
         proc.communicate()
         raise
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -149,33 +149,42 @@ def main():
     if p["repeats"] < 1 or p["warmup"] < 0:
         module.fail_json(msg="repeats must be >= 1 and warmup >= 0")
     if p["chdir"] and not os.path.isdir(p["chdir"]):
-        module.fail_json(msg="chdir %s is not a directory on %s" % (p["chdir"], os.uname()[1]))
+        module.fail_json(msg="chdir {} is not a directory on {}".format(p["chdir"], os.uname()[1]))
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in p["environment"].items()})
     total = p["warmup"] + p["repeats"]
     runs = []
     for i in range(total):
-        label = "warm-up run %d of %d" % (i + 1, p["warmup"]) if i < p["warmup"] else "run %d of %d" % (
-            i - p["warmup"] + 1, p["repeats"])
+        if i < p["warmup"]:
+            label = f"warm-up run {i + 1} of {p['warmup']}"
+        else:
+            label = f"run {i - p['warmup'] + 1} of {p['repeats']}"
         started = time.monotonic()
         try:
             proc = run_command(p["argv"], p["chdir"], env, p["timeout"])
         except subprocess.TimeoutExpired:
-            module.fail_json(msg="benchmark command timed out after %d s (%s)" % (p["timeout"], label))
+            module.fail_json(msg=f"benchmark command timed out after {p['timeout']} s ({label})")
         except OSError as exc:
-            module.fail_json(msg="cannot start the benchmark command %s: %s" % (p["argv"][0], exc.strerror or exc))
+            module.fail_json(msg="cannot start the benchmark command {}: {}".format(p["argv"][0], exc.strerror or exc))
         elapsed = time.monotonic() - started
         if proc.returncode != 0:
-            module.fail_json(msg="benchmark command exited with status %d (%s): %s" % (
-                proc.returncode, label, tail(proc.stderr) or tail(proc.stdout) or "no output"), rc=proc.returncode)
+            output = tail(proc.stderr) or tail(proc.stdout) or "no output"
+            module.fail_json(
+                msg=f"benchmark command exited with status {proc.returncode} ({label}): {output}", rc=proc.returncode
+            )
         try:
             metrics = parse(proc.stdout, p["regex"])
         except ValueError as exc:
-            module.fail_json(msg="benchmark output has a bad metric (%s): %s" % (label, exc))
+            module.fail_json(msg=f"benchmark output has a bad metric ({label}): {exc}")
         if not metrics:
-            how = "no match for regex %r" % p["regex"] if p["regex"] else "no line with a JSON object of numbers"
-            module.fail_json(msg="benchmark printed no metrics (%s): %s; stdout ends: %s" % (
-                label, how, tail(proc.stdout) or "(empty)"))
+            how = (
+                "no match for regex {!r}".format(p["regex"]) if p["regex"] else "no line with a JSON object of numbers"
+            )
+            module.fail_json(
+                msg="benchmark printed no metrics ({}): {}; stdout ends: {}".format(
+                    label, how, tail(proc.stdout) or "(empty)"
+                )
+            )
         if i >= p["warmup"]:
             metrics.setdefault("benchmark_seconds", elapsed)
             runs.append(metrics)

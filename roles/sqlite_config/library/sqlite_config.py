@@ -65,16 +65,16 @@ def _check(value, rule):
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            return None, "must be an integer, got %r" % (value,)
+            return None, f"must be an integer, got {value!r}"
         if not allowed[0] <= value <= allowed[1]:
-            return None, "must be between %d and %d, got %d" % (allowed[0], allowed[1], value)
+            return None, f"must be between {allowed[0]} and {allowed[1]}, got {value}"
         return value, None
     if isinstance(value, str) and value.isdigit() and all(isinstance(a, int) for a in allowed):
         value = int(value)
     if isinstance(value, str):
         value = value.lower()
     if value not in allowed:
-        return None, "must be one of %s, got %r" % (", ".join(map(str, allowed)), value)
+        return None, "must be one of {}, got {!r}".format(", ".join(map(str, allowed)), value)
     return value, None
 
 
@@ -84,11 +84,13 @@ def build(settings):
     for name, value in sorted(settings.items()):
         rule = PRAGMAS.get(name) or WORKLOAD.get(name)
         if rule is None:
-            errors.append("unknown setting %r (known: %s)" % (name, ", ".join(sorted(list(PRAGMAS) + list(WORKLOAD)))))
+            errors.append(
+                "unknown setting {!r} (known: {})".format(name, ", ".join(sorted(list(PRAGMAS) + list(WORKLOAD))))
+            )
             continue
         checked, error = _check(value, rule)
         if error:
-            errors.append("%s: %s" % (name, error))
+            errors.append(f"{name}: {error}")
             continue
         if name in WORKLOAD:
             config[name] = checked
@@ -173,7 +175,7 @@ def main():
         f.write(text)
     os.replace(tmp, path)
     if read(path) != text:
-        module.fail_json(msg="verification failed: %s does not hold what was written" % path, **result)
+        module.fail_json(msg=f"verification failed: {path} does not hold what was written", **result)
     module.exit_json(**result)
 
 
