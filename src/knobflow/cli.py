@@ -309,6 +309,12 @@ def _resolve_name(args: argparse.Namespace) -> str:
     return str(args.name)
 
 
+def _named_store(args: argparse.Namespace) -> tuple[str, Any]:
+    """The experiment NAME (or FILE) names, and its store (None when the store does not exist)."""
+    name = _resolve_name(args)
+    return name, _store_for(args)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     import optuna
 
@@ -338,8 +344,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     from knobflow.store import StoreError
 
-    name = _resolve_name(args)
-    store = _store_for(args)
+    name, store = _named_store(args)
     if store is None:
         return _no_store(args, "best", name)
     try:
@@ -391,8 +396,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from knobflow.store import StoreError
 
-    name = _resolve_name(args)
-    store = _store_for(args)
+    name, store = _named_store(args)
     if store is None:
         return _no_store(args, "delete", name)
     try:

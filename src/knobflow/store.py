@@ -20,6 +20,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from knobflow.spec import Experiment, Tunable
+from knobflow.tuners.base import tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -149,7 +150,12 @@ class Store:
         return sorted(s.study_name for s in optuna.get_all_study_summaries(self.storage))
 
     def exists(self, name: str) -> bool:
-        return name in self.names()
+        # One indexed lookup: every trial opens the study, so do not summarise all studies here.
+        try:
+            self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return False
+        return True
 
     def open(self, exp: Experiment) -> optuna.Study:
         """Open the experiment's study, creating it (with the baseline queued) the first time."""
@@ -262,10 +268,8 @@ class Store:
             study._storage.set_trial_user_attr(frozen._trial_id, k, v)
         if tuner is not None:
             tuner.tell(study, number, state, value)
-        elif state == TrialState.COMPLETE:
-            study.tell(number, value, skip_if_finished=True)
         else:
-            study.tell(number, state=state, skip_if_finished=True)
+            tell(study, number, state, value)
         return True
 
     def records(self, name: str) -> list[TrialRecord]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import optuna
+from optuna.trial import TrialState
 
 
 class Tuner(Protocol):
@@ -26,3 +27,11 @@ class Tuner(Protocol):
         state: optuna.trial.TrialState,
         value: float | None,
     ) -> None: ...
+
+
+def tell(study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:
+    """Tell the study a trial's outcome; a trial already finished is left as it is."""
+    if state == TrialState.COMPLETE:
+        study.tell(trial_number, value, skip_if_finished=True)
+    else:
+        study.tell(trial_number, state=state, skip_if_finished=True)

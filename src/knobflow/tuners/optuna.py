@@ -14,6 +14,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from knobflow.tuners.base import tell
+
 Factory = Callable[[int | None, dict[str, Any], dict[str, BaseDistribution]], optuna.samplers.BaseSampler]
 
 
@@ -150,10 +152,7 @@ class OptunaTuner:
         return study.ask(fixed_distributions=distributions)
 
     def tell(self, study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:
-        if state == TrialState.COMPLETE:
-            study.tell(trial_number, value, skip_if_finished=True)
-        else:
-            study.tell(trial_number, state=state, skip_if_finished=True)
+        tell(study, trial_number, state, value)
 
 
 @dataclass
@@ -175,7 +174,4 @@ class IdentityTuner:
         return study.ask(fixed_distributions=distributions)
 
     def tell(self, study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:
-        if state == TrialState.COMPLETE:
-            study.tell(trial_number, value, skip_if_finished=True)
-        else:
-            study.tell(trial_number, state=state, skip_if_finished=True)
+        tell(study, trial_number, state, value)
