@@ -274,10 +274,7 @@ def run_trial(
             tuner=tuner,
         )
         if why == "interrupted":  # run this configuration again next time, as recovery would
-            user_attrs: dict[str, Any] = {"requeued_from": number}
-            if baseline:
-                user_attrs["baseline"] = True
-            study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
+            store.requeue(study, number, params, baseline=baseline)
         raise
 
     metrics: dict[str, Any] = dict(result.stats.get("knobflow_metrics") or {})

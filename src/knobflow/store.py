@@ -241,12 +241,17 @@ class Store:
                 value=None,
                 attrs={"interrupted": True, "reason": f"interrupted: the process running it ({who}) is gone"},
             )
-            user_attrs = {"requeued_from": t.number}
-            if t.user_attrs.get("baseline"):
-                user_attrs["baseline"] = True
-            study.enqueue_trial(dict(t.params), user_attrs=user_attrs, skip_if_exists=False)
+            self.requeue(study, t.number, dict(t.params), baseline=bool(t.user_attrs.get("baseline")))
             recovered.append(t.number)
         return recovered
+
+    @staticmethod
+    def requeue(study: optuna.Study, number: int, params: dict[str, Any], *, baseline: bool) -> None:
+        """Queue an interrupted trial's configuration to run again (still the baseline if it was)."""
+        user_attrs: dict[str, Any] = {"requeued_from": number}
+        if baseline:
+            user_attrs["baseline"] = True
+        study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
 
     def finish(
         self,
