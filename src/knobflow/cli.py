@@ -53,8 +53,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         m = exp.model
         print(
-            f"{f}: ok: experiment {m.name!r}, {len(m.tunables)} tunables, {m.objective.direction} "
-            f"{m.objective.metric}, tuner {m.tuner.name}, {m.budget.trials} trials"
+            f"{f}: ok: experiment {m.name!r}, {len(m.tunables)} tunables, {exp.objective_text()}, "
+            f"tuner {m.tuner.name}, {m.budget.trials} trials"
         )
     return status
 
@@ -148,11 +148,14 @@ def _quiet_fds(log_path: Path) -> Iterator[IO[str]]:
             console.close()
 
 
-def _trial_line(r: Any, metric: str) -> str:
+def _trial_line(r: Any, labels: list[str]) -> str:
     head = f"trial {r.number:>3}{' (baseline)' if r.baseline else ''}"
     if r.state == "complete":
+        values = r.values if r.values is not None else [r.value]
+        shown = "  ".join(f"{k}={_fmt_value(v)}" for k, v in zip(labels, values, strict=False))
         best = f"best {_fmt_value(r.best_value)} (#{r.best_number})" if r.best_value is not None else ""
-        body = f"{metric}={_fmt_value(r.value)}  {best}"
+        infeasible = f"  INFEASIBLE: breaks {'; '.join(r.violations)}" if r.violations else ""
+        body = f"{shown}{infeasible}  {best}"
     else:
         body = f"FAILED: {r.reason}"
     secs = r.timings.get("ask_s", 0) + r.timings.get("playbook_s", 0) + r.timings.get("tell_s", 0)
@@ -163,21 +166,44 @@ def _print_summary(summary: Any, out: IO[str]) -> None:
     m, d = summary.metric, summary.direction
     print("", file=out)
     print(f"experiment {summary.experiment}: {summary.trials} trials ({summary.failed} failed)", file=out)
-    if summary.best is None:
-        print("no trial completed: no best configuration", file=out)
+    if summary.infeasible:
+        print(f"{summary.infeasible} trials broke an SLO (infeasible: never reported as best)", file=out)
+    if len(summary.objectives) > 1:
+        labels = [o["name"] for o in summary.objectives]
+        if not summary.pareto:
+            print("no feasible trial completed: no Pareto front", file=out)
+        else:
+            print(
+                f"Pareto front ({len(summary.pareto)} trials; "
+                + ", ".join(f"{o['direction']} {o['name']}" for o in summary.objectives)
+                + "):",
+                file=out,
+            )
+            for r in summary.pareto:
+                vals = "  ".join(f"{k}={_fmt_value(v)}" for k, v in zip(labels, r.values or [], strict=False))
+                print(f"  trial {r.number}: {vals}  {_fmt_params(r.params)}", file=out)
+    elif summary.best is None:
+        print("no feasible trial completed: no best configuration", file=out)
     else:
         b = summary.best
-        print(f"best: trial {b.number}, {m} = {_fmt_value(b.value)} ({d})", file=out)
+        value = summary.best_value if summary.best_value is not None else b.value
+        runs = f", median of {summary.best_measurements} measurements" if summary.best_measurements > 1 else ""
+        print(f"best: trial {b.number}, {m} = {_fmt_value(value)} ({d}{runs})", file=out)
         for k, v in b.params.items():
             print(f"  {k}: {_fmt_value(v)}", file=out)
     if summary.baseline is not None:
         print(f"baseline: trial {summary.baseline.number}, {m} = {_fmt_value(summary.baseline.value)}", file=out)
     if summary.gain_pct is not None:
         ratio = ""
-        if summary.best and summary.baseline and summary.baseline.value and summary.best.value:
-            r = summary.best.value / summary.baseline.value
+        best_v = (
+            summary.best_value if summary.best_value is not None else (summary.best.value if summary.best else None)
+        )
+        if best_v and summary.baseline and summary.baseline.value:
+            r = best_v / summary.baseline.value
             ratio = f" ({r:.1f}x)" if d == "maximize" else f" ({1 / r:.1f}x lower)" if r else ""
         print(f"gain over the baseline: {summary.gain_pct:+.1f}%{ratio}", file=out)
+    if summary.stop_reason:
+        print(f"stopped because: {summary.stop_reason}", file=out)
     action = {
         "revert": "target reverted to its original configuration",
         "best": "best configuration applied to the target",
@@ -226,8 +252,7 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
         print(f"resuming experiment {m.name}: {p.done} of {lim.trials} trials done ({p.failed} failed)", flush=True)
     else:
         print(
-            f"experiment {m.name}: {lim.trials} trials, {m.objective.direction} {m.objective.metric}, "
-            f"tuner {m.tuner.name}",
+            f"experiment {m.name}: {lim.trials} trials, {exp.objective_text()}, tuner {m.tuner.name}",
             flush=True,
         )
     print(f"  Airflow log: {run_log}\n  trial logs: {engine.trial_log_path(exp, 0).parent}", flush=True)
@@ -235,12 +260,13 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
     started = time.monotonic()
     with _quiet_fds(run_log) as console:
         finished: list[Any] = []
+        labels = exp.objectives().labels
 
         def listener(kind: str, payload: Any) -> None:
             if kind == "finish":
                 finished.append(payload)
             if kind == "trial":
-                console.write(_trial_line(payload, m.objective.metric) + "\n")
+                console.write(_trial_line(payload, labels) + "\n")
                 console.flush()
 
         unsubscribe = progress.subscribe(listener)

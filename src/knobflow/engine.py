@@ -7,7 +7,6 @@ tuner, applies the configuration and runs the benchmark in one playbook run, and
 
 from __future__ import annotations
 
-import math
 import socket
 import tempfile
 import time
@@ -19,10 +18,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from knobflow import _paths, progress
+from knobflow import _paths, progress, results
 from knobflow.ansible import bridge
 from knobflow.spec import Experiment
-from knobflow.store import Store, TrialRecord, distribution
+from knobflow.store import Store, TrialRecord
+from knobflow.tuners import base as tuners_base
 from knobflow.tuners import registry
 
 
@@ -61,6 +61,8 @@ class TrialResult:
     best_value: float | None
     best_number: int | None
     timings: dict[str, float] = field(default_factory=dict)
+    values: list[float] | None = None
+    violations: list[str] = field(default_factory=list)  # SLOs broken: the trial is infeasible
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,11 @@ class Summary:
     stop_reason: str | None
     finish_action: str
     finish_error: str | None = None
+    best_value: float | None = None  # the median over the best configuration's measurements
+    best_measurements: int = 0
+    pareto: list[TrialRecord] = field(default_factory=list)  # multi-objective: the feasible Pareto front
+    objectives: list[dict[str, str]] = field(default_factory=list)
+    infeasible: int = 0  # complete trials that broke an SLO
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +108,31 @@ def _stop_reason(done: int, failed: int, lim: Limits) -> str | None:
     return None
 
 
+def stop_reason(exp: Experiment, store: Store, study: optuna.Study, lim: Limits, *, running: int = 0) -> str | None:
+    """Why no further trial may start: trials, failures, time limit, target reached, patience."""
+    p = store.progress(study)
+    reason = _stop_reason(p.done + running, p.failed, lim)
+    if reason:
+        return reason
+    b = exp.model.budget
+    trials = store.trials(study)
+    limit_s = b.time_limit_s()
+    if limit_s is not None:
+        busy = results.busy_seconds(trials)
+        if busy >= limit_s:
+            return f"time limit reached: trials have run for {busy:.0f} s of budget.time_limit {limit_s} s"
+    objectives = exp.objectives()
+    if b.target is not None:
+        top = results.best(exp.space(), objectives, trials)
+        if top is not None and not objectives.better(b.target, top.value):
+            return f"target reached: best {top.value:g} (trial {top.record.number}) reaches budget.target {b.target:g}"
+    if b.patience is not None and not objectives.multi:
+        since = results.trials_since_improvement(objectives, trials)
+        if since >= b.patience:
+            return f"patience exhausted: no improvement in the last {since} trials (budget.patience {b.patience})"
+    return None
+
+
 def open_study(exp: Experiment) -> tuple[Store, optuna.Study]:
     store = Store(exp.storage_url())
     return store, store.open(exp)
@@ -111,7 +143,7 @@ def prepare(exp: Experiment, lim: Limits) -> Plan:
     grace = exp.model.budget.trial_timeout + 60
     recovered = store.recover(study, grace_s=grace)
     p = store.progress(study)
-    reason = _stop_reason(p.done, p.failed, lim)
+    reason = stop_reason(exp, store, study, lim)
     slots = 0 if reason else lim.trials - p.done
     return Plan(
         experiment=exp.name,
@@ -149,27 +181,38 @@ def trial_log_path(exp: Experiment, number: int) -> Path:
     return _paths.knobflow_home() / "logs" / exp.name / f"trial-{number:04d}.log"
 
 
-def _objective(exp: Experiment, metrics: dict[str, Any]) -> tuple[float | None, str | None]:
-    metric = exp.model.objective.metric
-    if metric not in metrics:
-        got = ", ".join(sorted(metrics)) or "nothing"
-        return None, f"the benchmark did not report the objective metric {metric!r} (it reported: {got})"
-    try:
-        value = float(metrics[metric])
-    except (TypeError, ValueError):
-        return None, f"the objective metric {metric!r} is not a number: {metrics[metric]!r}"
-    if not math.isfinite(value):
-        return None, f"the objective metric {metric!r} is not finite: {value}"
-    return value, None
-
-
-def _best(study: optuna.Study, store: Store) -> tuple[float | None, int | None]:
-    done = [t for t in store.trials(study) if t.state == TrialState.COMPLETE]
-    if not done:
+def _best(exp: Experiment, study: optuna.Study, store: Store) -> tuple[float | None, int | None]:
+    if exp.multi_objective:
         return None, None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    best = pick(done, key=lambda t: t.value if t.value is not None else float("nan"))
-    return best.value, best.number
+    top = results.best(exp.space(), exp.objectives(), store.trials(study))
+    return (None, None) if top is None else (top.value, top.record.number)
+
+
+def _baseline_metrics(store: Store, study: optuna.Study) -> dict[str, Any] | None:
+    for t in store.trials(study):
+        if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE:
+            return dict(t.user_attrs.get("metrics") or {})
+    return None
+
+
+def _queue_remeasure(exp: Experiment, store: Store, study: optuna.Study) -> None:
+    """noise.remeasure_best: after every N counted trials, queue the incumbent to run again."""
+    every = exp.model.noise.remeasure_best
+    if not every or exp.multi_objective:
+        return
+    trials = store.trials(study)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return
+    counted = [
+        t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("interrupted")
+    ]
+    if not counted or len(counted) % every or counted[-1].user_attrs.get("remeasure_of") is not None:
+        return
+    top = results.best(exp.space(), exp.objectives(), trials)
+    if top is not None:
+        study.enqueue_trial(
+            dict(top.record.params), user_attrs={"remeasure_of": top.record.number}, skip_if_exists=False
+        )
 
 
 def _playbook_for(exp: Experiment, workdir: Path) -> Path:
@@ -241,15 +284,19 @@ def run_trial(
     """Run one trial from ask to tell. Raises :class:`ExperimentStopped` when a stop rule fires."""
     t_start = time.monotonic()
     store, study = open_study(exp)
-    p = store.progress(study)
-    reason = _stop_reason(p.done + p.running, p.failed, lim)
+    reason = stop_reason(exp, store, study, lim, running=store.progress(study).running)
     if reason:
         raise ExperimentStopped(reason)
     tuner = registry.create(
         exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.model.tuner.options, defaults=exp.defaults()
     )
-    dists = {t.name: distribution(t) for t in exp.tunables}
-    trial = tuner.ask(study, dists)
+    _queue_remeasure(exp, store, study)
+    try:
+        trial = tuners_base.ask(
+            tuner, study, exp.space(), seed=exp.model.tuner.seed, repeat_duplicates=exp.model.noise.repeat_duplicates
+        )
+    except tuners_base.SpaceExhausted as exc:
+        raise ExperimentStopped(f"stopped: {exc}") from None
     store.mark_started(study, trial, run_id)
     params = dict(trial.params)
     number = trial.number
@@ -271,7 +318,6 @@ def run_trial(
             state=TrialState.FAIL,
             value=None,
             attrs={"reason": f"{why} while running the trial: {exc!r}", "interrupted": why == "interrupted"},
-            tuner=tuner,
         )
         if why == "interrupted":  # run this configuration again next time, as recovery would
             store.requeue(study, number, params, baseline=baseline)
@@ -279,14 +325,17 @@ def run_trial(
 
     metrics: dict[str, Any] = dict(result.stats.get("knobflow_metrics") or {})
     bench = result.stats.get("knobflow_benchmark") or {}
-    value: float | None = None
+    values: list[float] | None = None
     fail_reason: str | None = None
+    outcome = None
     if not result.ok:
         fail_reason = result.reason
     elif not metrics:
         fail_reason = "the benchmark reported no knobflow_metrics (its role or playbook must set_stats them)"
     else:
-        value, fail_reason = _objective(exp, metrics)
+        base_metrics = metrics if baseline else _baseline_metrics(store, study)
+        outcome = exp.objectives().evaluate(metrics, base_metrics)
+        values, fail_reason = outcome.values, outcome.reason
     state = TrialState.COMPLETE if fail_reason is None else TrialState.FAIL
     bench_s = sum(v for k, v in result.task_times.items() if "benchmark" in k.lower())
     timings = {
@@ -304,15 +353,22 @@ def run_trial(
     }
     if fail_reason is not None:
         attrs["reason"] = fail_reason
+    constraints: list[float] | None = None
+    if outcome is not None and outcome.values is not None and exp.model.slos:
+        attrs["slo_violations"] = outcome.violations
+        constraints = outcome.constraint_values
     t_tell = time.monotonic()
-    store.finish(study, number, state=state, value=value, attrs=attrs, tuner=tuner)
+    tell_value: float | list[float] | None = values if values is None or exp.multi_objective else values[0]
+    store.finish(study, number, state=state, value=tell_value, attrs=attrs, constraints=constraints)
     timings["tell_s"] = time.monotonic() - t_tell
-    best_value, best_number = _best(study, store)
+    best_value, best_number = _best(exp, study, store)
     out = TrialResult(
         number=number,
         state="complete" if state == TrialState.COMPLETE else "fail",
         params=params,
-        value=value,
+        value=None if values is None else values[0],
+        values=values,
+        violations=list(outcome.violations) if outcome is not None and outcome.values is not None else [],
         metrics=metrics,
         reason=fail_reason,
         baseline=baseline,
@@ -327,18 +383,26 @@ def run_trial(
 def summarize(exp: Experiment, lim: Limits | None = None) -> Summary:
     store, study = open_study(exp)
     lim = lim or limits(exp)
-    records = [TrialRecord.from_frozen(t) for t in store.trials(study)]
+    trials = store.trials(study)
+    records = [TrialRecord.from_frozen(t) for t in trials]
     p = store.progress(study)
-    completed = [r for r in records if r.state == "complete" and r.value is not None]
+    objectives = exp.objectives()
+    baseline = next((r for r in records if r.baseline and r.state == "complete" and r.values), None)
     best: TrialRecord | None = None
-    if completed:
-        pick = max if exp.maximize else min
-        best = pick(completed, key=lambda r: r.value or 0.0)
-    baseline = next((r for r in completed if r.baseline), None)
+    best_value: float | None = None
+    measurements = 0
+    front: list[TrialRecord] = []
     gain: float | None = None
-    if best is not None and baseline is not None and baseline.value:
-        delta = (best.value or 0.0) - baseline.value
+    if exp.multi_objective:
+        front = results.pareto(objectives, trials)
+    else:
+        top = results.best(exp.space(), objectives, trials)
+        if top is not None:
+            best, best_value, measurements = top.record, top.value, len(top.measurements)
+    if best_value is not None and baseline is not None and baseline.value:
+        delta = best_value - baseline.value
         gain = 100.0 * (delta if exp.maximize else -delta) / abs(baseline.value)
+    infeasible = sum(1 for r in records if r.state == "complete" and r.values is not None and not r.feasible)
     return Summary(
         experiment=exp.name,
         trials=p.done,
@@ -347,10 +411,15 @@ def summarize(exp: Experiment, lim: Limits | None = None) -> Summary:
         best=best,
         baseline=baseline,
         gain_pct=gain,
-        metric=exp.model.objective.metric,
-        direction=exp.model.objective.direction,
-        stop_reason=_stop_reason(p.done, p.failed, lim),
+        metric=objectives.labels[0],
+        direction=objectives.directions[0],
+        stop_reason=stop_reason(exp, store, study, lim),
         finish_action=exp.model.finish,
+        best_value=best_value,
+        best_measurements=measurements,
+        pareto=front,
+        objectives=[{"name": o.label, "direction": o.direction} for o in objectives.objectives],
+        infeasible=infeasible,
     )
 
 

@@ -15,12 +15,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knobflow import _paths
+
+if TYPE_CHECKING:
+    from knobflow.objective import Objectives
+    from knobflow.space import Space
 
 LAYERS = ("container", "runtime", "stack", "os")
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -34,8 +38,16 @@ class _Model(BaseModel):
 
 
 class Objective(_Model):
-    metric: str = Field(min_length=1, description="Name of the metric the benchmark reports.")
+    """One objective: a metric the benchmark reports, or an expression over several."""
+
+    metric: str | None = Field(default=None, min_length=1, description="Name of the metric the benchmark reports.")
+    expression: str | None = Field(default=None, description="An expression over metrics, e.g. throughput / p99_ms.")
+    name: Annotated[str, Field(pattern=NAME_RE)] | None = None
     direction: Literal["maximize", "minimize"]
+
+    @property
+    def label(self) -> str:
+        return self.name or self.metric or (self.expression or "")
 
 
 class Tunable(_Model):
@@ -49,6 +61,7 @@ class Tunable(_Model):
     choices: list[Scalar] | None = None
     default: Scalar
     description: str = ""
+    when: dict[str, Scalar | list[Scalar]] | str | None = None
 
 
 class Layer(_Model):
@@ -66,6 +79,44 @@ class Budget(_Model):
     trials: Annotated[int, Field(ge=1, le=1024)]
     max_failed: Annotated[int, Field(ge=1)] = 5
     trial_timeout: Annotated[int, Field(ge=1)] = 1800
+    time_limit: Annotated[int, Field(ge=1)] | str | None = None  # seconds, or "90m", "2h", "1h30m"
+    target: float | None = None  # stop once the best value reaches this
+    patience: Annotated[int, Field(ge=1)] | None = None  # stop after this many trials without improvement
+
+    def time_limit_s(self) -> int | None:
+        return None if self.time_limit is None else parse_duration(self.time_limit)
+
+
+class Noise(_Model):
+    remeasure_best: Annotated[int, Field(ge=0)] = 0  # every N trials run the incumbent again (0: never)
+    repeat_duplicates: bool = False  # run a configuration that was already measured again
+
+
+class WarmStart(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: Annotated[str, Field(alias="from", pattern=EXPERIMENT_NAME_RE)]
+    storage: str | None = None
+    trials: Annotated[int, Field(ge=1)] | None = None  # the best N (default: all that fit this space)
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds from 3600, "3600", "90s", "45m", "2h" or "1h30m". Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"must be at least 1 second, got {value}")
+        return value
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return parse_duration(int(text))
+    m = re.fullmatch(r"(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+)\s*s)?", text)
+    if not text or m is None or not any(m.groups()):
+        raise ValueError(f"not a duration: {value!r} (use seconds, or e.g. 90m, 2h, 1h30m)")
+    d, h, mi, se = (int(g or 0) for g in m.groups())
+    total = ((d * 24 + h) * 60 + mi) * 60 + se
+    if total < 1:
+        raise ValueError(f"must be at least 1 second, got {value!r}")
+    return total
 
 
 class Benchmark(_Model):
@@ -74,7 +125,7 @@ class Benchmark(_Model):
     vars: dict[str, Any] = Field(default_factory=dict)
     warmup: Annotated[int, Field(ge=0)] = 1
     repeats: Annotated[int, Field(ge=1)] = 3
-    aggregate: Literal["median", "mean", "min", "max"] = "median"
+    aggregate: Literal["median", "mean", "trimmed_mean", "min", "max"] = "median"
     timeout: Annotated[int, Field(ge=1)] = 600
 
 
@@ -86,8 +137,11 @@ class Target(_Model):
 class ExperimentModel(_Model):
     name: Annotated[str, Field(pattern=EXPERIMENT_NAME_RE, max_length=100)]
     description: str = ""
-    objective: Objective
+    objective: Objective | None = None
+    objectives: Annotated[list[Objective], Field(min_length=2)] | None = None
+    slos: list[str] = Field(default_factory=list)
     tunables: Annotated[list[Tunable], Field(min_length=1)]
+    constraints: list[str] = Field(default_factory=list)
     layers: dict[Literal["container", "runtime", "stack", "os"], Layer] = Field(default_factory=dict)
     vars: dict[str, Any] = Field(default_factory=dict)
     tuner: TunerSpec = Field(default_factory=TunerSpec)
@@ -97,6 +151,8 @@ class ExperimentModel(_Model):
     storage: str | None = None
     parallel: Annotated[int, Field(ge=1)] = 1
     finish: Literal["revert", "best", "keep"] = "revert"
+    noise: Noise = Field(default_factory=Noise)
+    warm_start: WarmStart | None = None
 
 
 @dataclass(frozen=True)
@@ -137,11 +193,43 @@ class Experiment:
         return self.model.tunables
 
     @property
+    def objective_list(self) -> list[Objective]:
+        m = self.model
+        return [m.objective] if m.objective is not None else list(m.objectives or [])
+
+    @property
     def maximize(self) -> bool:
-        return self.model.objective.direction == "maximize"
+        """The (first) objective's direction."""
+        return self.objective_list[0].direction == "maximize"
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objective_list]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_list) > 1
+
+    def objective_text(self) -> str:
+        """``maximize throughput`` or ``maximize throughput, minimize p99_ms`` (+ SLOs)."""
+        text = ", ".join(f"{o.direction} {o.label}" for o in self.objective_list)
+        if self.model.slos:
+            text += f" subject to {'; '.join(self.model.slos)}"
+        return text
+
+    def space(self) -> Space:
+        from knobflow.space import Space
+
+        return Space.from_model(self.model)
+
+    def objectives(self) -> Objectives:
+        from knobflow import objective
+
+        return objective.from_model(self.model)
 
     def defaults(self) -> dict[str, Scalar]:
-        return {t.name: t.default for t in self.model.tunables}
+        """The baseline: every active tunable at its default (inactive ones are left out)."""
+        return self.space().defaults()
 
     def inventory(self) -> Path:
         inv = self.model.target.inventory
@@ -169,8 +257,13 @@ class Experiment:
 
         A study refuses a file whose fingerprint differs from the one it was created with.
         """
-        space = sorted([t.name, t.type, t.low, t.high, t.step, t.log, t.choices] for t in self.model.tunables)
-        space.append(["objective", self.model.objective.metric])
+        rows: list[list[Any]] = [
+            [t.name, t.type, t.low, t.high, t.step, t.log, t.choices] + ([t.when] if t.when is not None else [])
+            for t in self.model.tunables
+        ]
+        space: list[Any] = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
+        objectives = [[o.metric, o.expression] if o.expression else o.metric for o in self.objective_list]
+        space.append(["objective", objectives[0] if len(objectives) == 1 else objectives])
         return hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:16]
 
     def params_by_layer(self, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -416,7 +509,12 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
             out.append(Problem(f"tunables[{i}].name", f"duplicate tunable {t.name!r} (also tunables[{seen[t.name]}])"))
         seen.setdefault(t.name, i)
         out.extend(_tunable_problems(i, t))
-    space_ok = not out  # the tuner check below needs a valid space
+    space_ok = not out  # the checks below need a valid space
+    if space_ok:
+        out.extend(_space_problems(m))
+        space_ok = not out
+    out.extend(_objective_problems(m))
+    out.extend(_budget_problems(m))
 
     roles_path = exp.roles_path()
     used_layers = sorted({t.layer for t in m.tunables}, key=LAYERS.index)
@@ -490,4 +588,149 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
                 out.append(Problem(f"{where}.{key}", f"also set in {owners[key]}; set each variable once"))
             else:
                 owners[key] = where
+    return out
+
+
+def _space_problems(m: ExperimentModel) -> list[Problem]:
+    """Conditions and constraints: they parse, name tunables, have no cycle, can hold, and the
+    defaults (the baseline, run first) satisfy every constraint."""
+    import random
+
+    from knobflow.expr import ExprError, compile_expr
+    from knobflow.space import Space, SpaceError, in_domain, parse_condition
+    from knobflow.store import distribution
+
+    out: list[Problem] = []
+    names = {t.name for t in m.tunables}
+    index = {t.name: i for i, t in enumerate(m.tunables)}
+    for i, t in enumerate(m.tunables):
+        try:
+            cond = parse_condition(t.when, t.name, names)
+        except SpaceError as exc:
+            out.append(Problem(f"tunables[{i}].{exc.field}", exc.message))
+            continue
+        for parent, values in cond.equals if cond else ():
+            dist = distribution(m.tunables[index[parent]])
+            for v in values:
+                if not in_domain(dist, v):
+                    out.append(
+                        Problem(
+                            f"tunables[{i}].when.{parent}",
+                            f"{v!r} is not a value {parent} can take, so {t.name} could never be active",
+                        )
+                    )
+    for j, c in enumerate(m.constraints):
+        try:
+            compile_expr(c, known=names, boolean=True, what="tunable")
+        except ExprError as exc:
+            out.append(Problem(f"constraints[{j}]", str(exc)))
+    if out:
+        return out
+    try:
+        space = Space.from_model(m)
+    except SpaceError as exc:  # a cycle
+        first = next((i for i, t in enumerate(m.tunables) if t.when is not None), 0)
+        return [Problem(f"tunables[{first}].{exc.field}", exc.message)]
+    from knobflow.expr import ExprError as _EE
+
+    try:
+        base = space.defaults()
+        broken = space.violations(base)
+    except _EE as exc:
+        return [Problem("constraints", str(exc))]
+    for text in broken:
+        j = next(k for k, c in enumerate(m.constraints) if c.strip() == text)
+        shown = ", ".join(f"{n}={base[n]!r}" for n in sorted(space.constraints[j].names))
+        out.append(
+            Problem(
+                f"constraints[{j}]",
+                f"the defaults break it ({shown}); the baseline runs the defaults, so they must satisfy every "
+                "constraint",
+            )
+        )
+    # A condition that never holds, or a tunable whose parent is never active: sample the space.
+    rng = random.Random(0)
+    seen_active: set[str] = set(base)
+    try:
+        for _ in range(3000):
+            seen_active |= set(space.random(rng))
+            if len(seen_active) == len(space.params):
+                break
+    except _EE as exc:
+        return [Problem("tunables", f"a condition cannot be evaluated: {exc}")]
+    for name in space.params:
+        if name not in seen_active:
+            i = index[name]
+            out.append(
+                Problem(
+                    f"tunables[{i}].when",
+                    f"this condition ({space.params[name].condition.describe()}) never holds in 3000 "  # type: ignore[union-attr]
+                    f"sampled configurations: {name} would never be tuned",
+                )
+            )
+    return out
+
+
+def _objective_problems(m: ExperimentModel) -> list[Problem]:
+    from knobflow.expr import ExprError, compile_expr
+    from knobflow.objective import compile_slo
+
+    out: list[Problem] = []
+    if (m.objective is None) == (m.objectives is None):
+        what = "neither" if m.objective is None else "both"
+        return [Problem("objective", f"give exactly one of objective (one) or objectives (two or more); got {what}")]
+    listed = (
+        [("objective", m.objective)]
+        if m.objective is not None
+        else [(f"objectives[{i}]", o) for i, o in enumerate(m.objectives or [])]
+    )
+    labels: dict[str, str] = {}
+    for where, o in listed:
+        if (o.metric is None) == (o.expression is None):
+            out.append(Problem(where, "give exactly one of metric or expression"))
+            continue
+        if o.expression is not None:
+            try:
+                e = compile_expr(o.expression, boolean=False, what="metric")
+            except ExprError as exc:
+                out.append(Problem(f"{where}.expression", str(exc)))
+                continue
+            if not e.names:
+                out.append(Problem(f"{where}.expression", f"uses no metric: {o.expression!r} is a constant"))
+        if o.label in labels:
+            out.append(Problem(f"{where}.name", f"two objectives are called {o.label!r} (also {labels[o.label]})"))
+        labels.setdefault(o.label, where)
+    for j, text in enumerate(m.slos):
+        try:
+            compile_slo(text)
+        except ExprError as exc:
+            out.append(Problem(f"slos[{j}]", str(exc)))
+    return out
+
+
+def _budget_problems(m: ExperimentModel) -> list[Problem]:
+    out: list[Problem] = []
+    if m.budget.time_limit is not None:
+        try:
+            parse_duration(m.budget.time_limit)
+        except ValueError as exc:
+            out.append(Problem("budget.time_limit", str(exc)))
+    if m.budget.target is not None and not math.isfinite(m.budget.target):
+        out.append(Problem("budget.target", f"must be a finite number, got {m.budget.target}"))
+    if m.budget.target is not None and m.objectives is not None:
+        out.append(Problem("budget.target", "a target value needs a single objective (this experiment has several)"))
+    if m.finish == "best" and m.objectives is not None:
+        out.append(
+            Problem("finish", "best needs a single objective: with several there is a Pareto front, not one best")
+        )
+    if m.warm_start is not None:
+        if m.warm_start.from_ == m.name:
+            out.append(Problem("warm_start.from", "an experiment cannot warm-start from itself"))
+        if m.warm_start.storage is not None and not re.match(r"^[a-z][a-z0-9+]*://", m.warm_start.storage):
+            out.append(
+                Problem(
+                    "warm_start.storage",
+                    f"must be a database URL such as sqlite:///path/to.db, got {m.warm_start.storage!r}",
+                )
+            )
     return out

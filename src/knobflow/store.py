@@ -12,7 +12,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import psutil
@@ -71,6 +71,9 @@ class TrialRecord:
     params: dict[str, Any]
     value: float | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    values: list[float] | None = None
+    feasible: bool = True
+    violations: list[str] = field(default_factory=list)
     reason: str | None = None
     baseline: bool = False
     interrupted: bool = False
@@ -82,8 +85,11 @@ class TrialRecord:
             number=t.number,
             state=t.state.name.lower(),
             params=dict(t.params),
-            value=t.value if t.state == TrialState.COMPLETE else None,
+            value=t.values[0] if t.state == TrialState.COMPLETE and t.values else None,
             metrics=dict(t.user_attrs.get("metrics") or {}),
+            values=list(t.values) if t.state == TrialState.COMPLETE and t.values else None,
+            feasible=not t.user_attrs.get("slo_violations"),
+            violations=list(t.user_attrs.get("slo_violations") or []),
             reason=t.user_attrs.get("reason"),
             baseline=bool(t.user_attrs.get("baseline")),
             interrupted=bool(t.user_attrs.get("interrupted")),
@@ -159,7 +165,7 @@ class Store:
 
     def open(self, exp: Experiment) -> optuna.Study:
         """Open the experiment's study, creating it (with the baseline queued) the first time."""
-        direction: Literal["maximize", "minimize"] = "maximize" if exp.maximize else "minimize"
+        directions = exp.directions
         fingerprint = exp.space_fingerprint()
         if self.exists(exp.name):
             study = optuna.load_study(study_name=exp.name, storage=self.storage)
@@ -167,20 +173,25 @@ class Store:
             if old is not None and old != fingerprint:
                 raise StoreError(
                     f"experiment {exp.name!r} already has a study whose search space differs from this "
-                    f"file's (tunables, bounds, steps, choices or the objective metric changed). "
+                    f"file's (tunables, bounds, steps, choices, conditions or the objectives changed). "
                     f"Give the experiment a new name, "
                     f"or delete the old study with `knobflow delete {exp.name}`."
                 )
-            if study.direction.name.lower() != direction:
+            have = [d.name.lower() for d in study.directions]
+            if have != directions:
                 raise StoreError(
-                    f"experiment {exp.name!r} already has a study that {study.direction.name.lower()}s; "
-                    f"this file says {direction}. Give the experiment a new name."
+                    f"experiment {exp.name!r} already has a study that {' and '.join(have)}s; "
+                    f"this file says {' and '.join(directions)}. Give the experiment a new name."
                 )
             return study
-        study = optuna.create_study(study_name=exp.name, storage=self.storage, direction=direction)
+        study = optuna.create_study(
+            study_name=exp.name,
+            storage=self.storage,
+            directions=directions,  # type: ignore[arg-type]
+        )
         study.set_user_attr("space_fingerprint", fingerprint)
-        study.set_user_attr("objective", exp.model.objective.model_dump())
-        study.set_user_attr("spec", exp.model.model_dump(mode="json"))
+        study.set_user_attr("objectives", [o.model_dump() for o in exp.objective_list])
+        study.set_user_attr("spec", exp.model.model_dump(mode="json", by_alias=True))
         study.set_user_attr("created", dt.datetime.now(dt.UTC).isoformat())
         study.enqueue_trial(exp.defaults(), user_attrs={"baseline": True})
         return study
@@ -259,9 +270,9 @@ class Store:
         number: int,
         *,
         state: TrialState,
-        value: float | None,
+        value: float | list[float] | None,
         attrs: dict[str, Any],
-        tuner: Any = None,
+        constraints: list[float] | None = None,
     ) -> bool:
         """Record a trial's outcome. Returns False (and changes nothing) if it was already finished."""
         frozen = study._storage.get_trial(
@@ -271,10 +282,10 @@ class Store:
             return False
         for k, v in attrs.items():
             study._storage.set_trial_user_attr(frozen._trial_id, k, v)
-        if tuner is not None:
-            tuner.tell(study, number, state, value)
-        else:
-            tell(study, number, state, value)
+        if constraints:
+            # Optuna's samplers that model constraints (TPE, NSGA-II, GP) read them from here.
+            study._storage.set_trial_system_attr(frozen._trial_id, "constraints", list(constraints))
+        tell(study, number, state, value)
         return True
 
     def records(self, name: str) -> list[TrialRecord]:

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from knobflow import spec
 from knobflow.store import Store, StoreError, distribution
 from knobflow.tuners import registry
+from knobflow.tuners.base import ask
 from tests.conftest import REPO
 
 
@@ -35,11 +36,11 @@ def test_first_trial_is_the_baseline(exp: spec.Experiment, home: Path) -> None:
     store = _store(home)
     study = store.open(exp)
     tuner = registry.create("tpe", seed=1)
-    t = tuner.ask(study, _dists(exp))
+    t = ask(tuner, study, exp.space())
     assert t.number == 0
     assert t.params == exp.defaults()
     assert t.user_attrs["baseline"] is True
-    t2 = tuner.ask(study, _dists(exp))
+    t2 = ask(tuner, study, exp.space())
     assert not t2.user_attrs.get("baseline")
 
 
@@ -47,7 +48,7 @@ def test_reopening_resumes_and_a_changed_space_is_refused(exp: spec.Experiment, 
     store = _store(home)
     study = store.open(exp)
     tuner = registry.create("random", seed=1)
-    t = tuner.ask(study, _dists(exp))
+    t = ask(tuner, study, exp.space())
     store.finish(study, t.number, state=TrialState.COMPLETE, value=1.0, attrs={"metrics": {"x": 1}})
     again = _store(home).open(exp)
     assert len(again.trials) == 1 and again.trials[0].value == 1.0
@@ -62,7 +63,7 @@ def test_reopening_resumes_and_a_changed_space_is_refused(exp: spec.Experiment, 
 def test_telling_twice_changes_nothing(exp: spec.Experiment, home: Path) -> None:
     store = _store(home)
     study = store.open(exp)
-    t = registry.create("tpe", seed=1).ask(study, _dists(exp))
+    t = ask(registry.create("tpe", seed=1), study, exp.space())
     assert store.finish(study, t.number, state=TrialState.COMPLETE, value=5.0, attrs={"a": 1})
     assert not store.finish(study, t.number, state=TrialState.FAIL, value=None, attrs={"a": 2})
     frozen = store.trials(study)[0]
@@ -72,7 +73,7 @@ def test_telling_twice_changes_nothing(exp: spec.Experiment, home: Path) -> None
 def test_stale_trial_of_a_dead_process_is_failed_and_requeued(exp: spec.Experiment, home: Path) -> None:
     store = _store(home)
     study = store.open(exp)
-    t = registry.create("tpe", seed=1).ask(study, _dists(exp))
+    t = ask(registry.create("tpe", seed=1), study, exp.space())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     t.set_user_attr("owner", {"host": socket.gethostname(), "pid": dead.pid, "create_time": 1.0})
@@ -86,14 +87,14 @@ def test_stale_trial_of_a_dead_process_is_failed_and_requeued(exp: spec.Experime
     p = store.progress(study)
     assert (p.done, p.failed, p.waiting) == (0, 0, 1)
     # The requeued baseline is still the baseline.
-    again = registry.create("tpe", seed=1).ask(study, _dists(exp))
+    again = ask(registry.create("tpe", seed=1), study, exp.space())
     assert again.params == exp.defaults() and again.user_attrs["baseline"] is True
 
 
 def test_running_trial_of_a_live_process_is_left_alone(exp: spec.Experiment, home: Path) -> None:
     store = _store(home)
     study = store.open(exp)
-    t = registry.create("tpe", seed=1).ask(study, _dists(exp))
+    t = ask(registry.create("tpe", seed=1), study, exp.space())
     store.mark_started(study, t, "run-1")
     assert store.recover(study, grace_s=3600) == []
     assert store.trials(study)[0].state == TrialState.RUNNING
@@ -104,7 +105,7 @@ def test_trial_of_another_host_is_stale_only_after_the_grace(exp: spec.Experimen
 
     store = _store(home)
     study = store.open(exp)
-    t = registry.create("tpe", seed=1).ask(study, _dists(exp))
+    t = ask(registry.create("tpe", seed=1), study, exp.space())
     t.set_user_attr("owner", {"host": "elsewhere", "pid": 1, "create_time": 1.0})
     t.set_user_attr("started", time.time())
     assert store.recover(study, grace_s=3600) == []
@@ -116,7 +117,7 @@ def test_trial_without_owner_is_stale_after_a_short_grace(exp: spec.Experiment, 
 
     store = _store(home)
     study = store.open(exp)
-    registry.create("tpe", seed=1).ask(study, _dists(exp))  # killed before it was stamped
+    ask(registry.create("tpe", seed=1), study, exp.space())  # killed before it was stamped
     assert store.recover(study, grace_s=3600) == []
     old = store_mod.OWNERLESS_GRACE_S
     store_mod.OWNERLESS_GRACE_S = -1.0

@@ -51,7 +51,7 @@ def build_dag(exp: Experiment) -> DAG:
     m = exp.model
     doc = (
         f"### knobflow experiment `{m.name}`\n\n{m.description}\n\n"
-        f"* file: `{path}`\n* objective: {m.objective.direction} `{m.objective.metric}`\n"
+        f"* file: `{path}`\n* objective: {exp.objective_text()}\n"
         f"* tunables: {', '.join(t.name for t in m.tunables)}\n* tuner: `{m.tuner.name}`\n"
         f"* budget: {m.budget.trials} trials, at most {m.budget.max_failed} failed\n"
     )

@@ -12,9 +12,10 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from knobflow.tuners.base import tell
+from knobflow.space import Space
+from knobflow.tuners.base import MAX_ATTEMPTS, Proposal, suggest
 
 Factory = Callable[[int | None, dict[str, Any], dict[str, BaseDistribution]], optuna.samplers.BaseSampler]
 
@@ -124,35 +125,60 @@ def _derive_seed(seed: int, n: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def _shadow(study: optuna.Study, sampler: optuna.samplers.BaseSampler, history: list[FrozenTrial]) -> optuna.Study:
+    """An in-memory copy of the finished history for the sampler to propose from: proposals it
+    makes there that knobflow rejects never reach the experiment's study."""
+    shadow = optuna.create_study(
+        storage=optuna.storages.InMemoryStorage(), directions=study.directions, sampler=sampler
+    )
+    finished = [t for t in history if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)]
+    if finished:
+        shadow.add_trials(finished)
+    return shadow
+
+
 @dataclass
 class OptunaTuner:
-    """An Optuna sampler behind the ask/tell interface.
+    """An Optuna sampler behind the propose interface.
 
-    Samplers that learn only from the study (TPE, GP, random, QMC, grid) are rebuilt for every ask
-    with a seed derived from (experiment seed, number of trials so far), so a resumed experiment
-    suggests what an uninterrupted one would have.
+    The sampler proposes in an in-memory copy of the study (define-by-run, so only active tunables
+    are drawn); a proposal that breaks a constraint or repeats a measured configuration is told as
+    failed there and the sampler draws again. Samplers are rebuilt for every proposal with a seed
+    derived from (experiment seed, number of trials so far), so a resumed experiment suggests what
+    an uninterrupted one would have.
     """
 
     name: str
     seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    repeats_configurations: bool = False
 
-    def _sampler(self, study: optuna.Study, distributions: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    def _sampler(self, n_trials: int, distributions: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
         spec = SAMPLERS[self.name]
         if not spec.reseed:
             seed: int | None = self.seed or 0
         elif self.seed is None:
             seed = None
         else:
-            seed = _derive_seed(self.seed, len(study._storage.get_all_trials(study._study_id, deepcopy=False)))
+            seed = _derive_seed(self.seed, n_trials)
         return spec.factory(seed, dict(self.options), distributions)
 
-    def ask(self, study: optuna.Study, distributions: dict[str, Any]) -> optuna.Trial:
-        study.sampler = self._sampler(study, distributions)
-        return study.ask(fixed_distributions=distributions)
-
-    def tell(self, study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:
-        tell(study, trial_number, state, value)
+    def propose(self, study: optuna.Study, space: Space, history: list[FrozenTrial], reject: Any) -> Proposal | None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            shadow = _shadow(study, self._sampler(len(history), space.distributions()), history)
+            for _ in range(MAX_ATTEMPTS):
+                t = shadow.ask()
+                params = space.suggest(lambda n, d, t=t: suggest(t, n, d))  # type: ignore[misc]
+                if reject(params) is None:
+                    attrs = {
+                        k: v
+                        for k, v in shadow._storage.get_trial_system_attrs(t._trial_id).items()
+                        if k != "fixed_params"
+                    }
+                    return Proposal(params, attrs, source=self.name)
+                shadow.tell(t, state=TrialState.FAIL)
+        return None
 
 
 @dataclass
@@ -164,14 +190,7 @@ class IdentityTuner:
 
     defaults: dict[str, Any]
     name: str = "identity"
+    repeats_configurations: bool = True
 
-    def ask(self, study: optuna.Study, distributions: dict[str, Any]) -> optuna.Trial:
-        waiting = [
-            t for t in study._storage.get_all_trials(study._study_id, deepcopy=False) if t.state == TrialState.WAITING
-        ]
-        if not waiting:
-            study.enqueue_trial(dict(self.defaults), skip_if_exists=False)
-        return study.ask(fixed_distributions=distributions)
-
-    def tell(self, study: optuna.Study, trial_number: int, state: TrialState, value: float | None) -> None:
-        tell(study, trial_number, state, value)
+    def propose(self, study: optuna.Study, space: Space, history: list[FrozenTrial], reject: Any) -> Proposal | None:
+        return Proposal(space.defaults(), source=self.name)
