@@ -39,6 +39,8 @@ class ObjectiveDef:
         missing = sorted(m for m in self.metrics if m not in metrics)
         if missing:
             got = ", ".join(sorted(metrics)) or "nothing"
+            if self.expr is None:
+                raise ValueError(f"the benchmark did not report the objective metric {missing[0]!r} (it reported: {got})")
             raise ValueError(
                 f"the benchmark did not report the metric {missing[0]!r} that objective {self.label!r} needs "
                 f"(it reported: {got})"
@@ -48,7 +50,8 @@ class ObjectiveDef:
             try:
                 env[m] = float(metrics[m])
             except (TypeError, ValueError):
-                raise ValueError(f"the metric {m!r} is not a number: {metrics[m]!r}") from None
+                kind = "objective metric" if self.expr is None else "metric"
+                raise ValueError(f"the {kind} {m!r} is not a number: {metrics[m]!r}") from None
         if self.expr is None:
             assert self.metric is not None
             v = env[self.metric]

@@ -70,7 +70,7 @@ class Layer(_Model):
 
 
 class TunerSpec(_Model):
-    name: str = "tpe"
+    name: str = "auto"
     seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 

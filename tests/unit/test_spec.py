@@ -27,8 +27,24 @@ def test_demo_experiment_is_valid() -> None:
     assert set(exp.params_by_layer(exp.defaults())) == {"stack"}
 
 
-def test_corpus_has_at_least_ten_kinds() -> None:
-    assert len(BAD) >= 10
+def test_corpus_has_at_least_forty_kinds() -> None:
+    assert len(BAD) >= 40
+    assert len({_expectations(p) for p in BAD}) >= 40, "each file is a different mistake"
+
+
+def test_validating_every_broken_file_creates_nothing(tmp_path: Path) -> None:
+    """One CLI call over the whole corpus: every file is reported invalid, with its field, and no
+    store, log or Airflow home appears."""
+    home = tmp_path / "home"
+    proc = knobflow("validate", *map(str, BAD), home=home)
+    assert proc.returncode == 2
+    for path in BAD:
+        expect, _ = _expectations(path)
+        assert f"{path}: invalid" in proc.stderr, path
+        assert f"{path}:" in proc.stderr and f"{expect}: " in proc.stderr, path
+    assert "ok:" not in proc.stdout
+    assert not home.exists(), "validate must not create anything"
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])

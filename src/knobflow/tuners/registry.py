@@ -10,14 +10,18 @@ from knobflow.tuners.base import Tuner
 def names() -> list[str]:
     from knobflow.tuners.optuna import SAMPLERS
 
-    return sorted([*SAMPLERS, "identity"])
+    return sorted([*SAMPLERS, "identity", "auto"])
 
 
 def describe() -> dict[str, str]:
     """Each tuner's one-line description, with what it needs when that is not installed."""
     from knobflow.tuners.optuna import SAMPLERS, missing_modules
 
-    out = {"identity": "the baseline only: every trial runs the defaults (noise measurement, a do-nothing peer)"}
+    out = {
+        "identity": "the baseline only: every trial runs the defaults (noise measurement, a do-nothing peer)",
+        "auto": "the default: baseline, a space-filling start, then a Gaussian process over the mixed space with "
+        "expected improvement and local refinement of the best configurations (TPE for several objectives)",
+    }
     for name, spec in SAMPLERS.items():
         missing = missing_modules(name)
         out[name] = spec.summary + (
@@ -38,6 +42,10 @@ def create(
 
     if name == "identity":
         return IdentityTuner(defaults=dict(defaults or {}))
+    if name == "auto":
+        from knobflow.tuners.auto import AutoTuner
+
+        return AutoTuner(seed=seed, options=dict(options or {}))
     if name not in SAMPLERS:
         raise ValueError(f"unknown tuner {name!r}; known: {', '.join(names())}")
     return OptunaTuner(name=name, seed=seed, options=dict(options or {}))
@@ -49,6 +57,14 @@ def check(name: str, options: dict[str, Any], distributions: dict[str, Any]) -> 
 
     if name == "identity":
         return "the identity tuner takes no options" if options else None
+    if name == "auto":
+        from knobflow.tuners.auto import AutoTuner
+
+        try:
+            AutoTuner(options=dict(options))
+        except ValueError as exc:
+            return f"options not accepted by the auto tuner: {exc}"
+        return None
     spec = SAMPLERS[name]
     missing = missing_modules(name)
     if missing:

@@ -1,0 +1,421 @@
+"""``auto``: knobflow's default tuner, built for 10-100 trials over mixed, conditional,
+constrained spaces of system knobs with noisy measurements.
+
+The policy (justified by benchmarks/sample_efficiency; see docs/performance.md):
+
+1. **Baseline first.** Trial 0 is the configuration running today (every tuner gets this from the
+   store), so the gain is always measured against it.
+2. **A small space-filling start** (``n_init`` trials, default 4): each is the configuration,
+   out of several hundred feasible random draws, farthest from everything measured so far (maximin
+   over the mixed distance below). It respects conditions and constraints by construction.
+3. **Model-based phase:** a Gaussian process over a mixed distance (numeric knobs scaled to
+   [0, 1], log-scaled where the tunable is; categorical and bool knobs contribute 1 when they
+   differ; inactive knobs have their own "inactive" value) with a Matérn-5/2 kernel and one length
+   scale per knob. Length scales get a log-normal prior that grows with the square root of the
+   dimension (Hvarfner et al., 2024, "Vanilla Bayesian optimization performs great in high
+   dimensions"), fitted by MAP with analytic gradients, so 31 knobs and 20 points do not overfit.
+   Values are rank-transformed to a Gaussian (Salinas et al., 2020), which makes the model robust to
+   heavy tails, crashes and noise levels that differ from one benchmark to another. Failed trials
+   and SLO-infeasible ones are given the worst rank, so the model steers away from failure regions.
+4. **Acquisition with local refinement:** log expected improvement over the best posterior mean
+   at a measured configuration (a noise-robust incumbent), maximised over feasible, never-measured
+   candidates: random draws, perturbations of the best configurations (a few knobs at a time, as in
+   trust-region BO for high dimensions) and a short hill-climb from the best candidates.
+
+Multi-objective experiments are delegated to Optuna's multivariate TPE. The tuner keeps no state:
+everything it needs is recomputed from the study's trials, so resumed experiments propose what an
+uninterrupted one would (the random stream is derived from the seed and the number of trials).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from scipy import linalg, optimize, stats
+
+from knobflow.space import Space, snap
+from knobflow.tuners.base import Proposal
+
+SQRT5 = math.sqrt(5.0)
+CAT_SHIFT = float(__import__("os").environ.get("KF_CAT_SHIFT", "1.5"))
+DEFAULT_OPTIONS: dict[str, Any] = {"n_init": 4, "candidates": 768, "perturbations": 96, "top": 6}
+
+
+def _seed(seed: int | None, n: int) -> int | None:
+    if seed is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"auto:{seed}:{n}".encode()).digest()[:4], "little")
+
+
+class Encoder:
+    """Configurations as vectors: numeric knobs in [0, 1] (NaN when inactive), categorical knobs as
+    choice indexes (-1 when inactive)."""
+
+    def __init__(self, space: Space):
+        self.space = space
+        self.num = [n for n, p in space.params.items() if not isinstance(p.distribution, CategoricalDistribution)]
+        self.cat = [n for n, p in space.params.items() if isinstance(p.distribution, CategoricalDistribution)]
+
+    def _unit(self, name: str, v: Any) -> float:
+        d = self.space.params[name].distribution
+        assert isinstance(d, IntDistribution | FloatDistribution)
+        lo, hi, x = float(d.low), float(d.high), float(v)
+        if d.log:
+            lo, hi, x = math.log(lo), math.log(hi), math.log(max(x, d.low))
+        return 0.5 if hi == lo else (x - lo) / (hi - lo)
+
+    def from_unit(self, name: str, u: float) -> Any:
+        d = self.space.params[name].distribution
+        assert isinstance(d, IntDistribution | FloatDistribution)
+        u = min(max(u, 0.0), 1.0)
+        if d.log:
+            x = math.exp(math.log(d.low) + u * (math.log(d.high) - math.log(d.low)))
+        else:
+            x = d.low + u * (d.high - d.low)
+        return snap(d, x)
+
+    def encode(self, configs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        u = np.full((len(configs), len(self.num)), np.nan)
+        c = np.full((len(configs), len(self.cat)), -1, dtype=np.int64)
+        for i, cfg in enumerate(configs):
+            for j, n in enumerate(self.num):
+                if n in cfg:
+                    u[i, j] = self._unit(n, cfg[n])
+            for j, n in enumerate(self.cat):
+                if n in cfg:
+                    choices = self.space.params[n].distribution.choices  # type: ignore[attr-defined]
+                    c[i, j] = _index(choices, cfg[n])
+        return u, c
+
+
+def _index(choices: tuple[Any, ...], v: Any) -> int:
+    for k, ch in enumerate(choices):
+        if ch == v and type(ch) is type(v):
+            return k
+    for k, ch in enumerate(choices):
+        if ch == v:
+            return k
+    return -1
+
+
+def _sq_dists(u1: np.ndarray, c1: np.ndarray, u2: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """Per-dimension squared distances, shape (n1, n2, d): numeric differences, 1 for a categorical
+    mismatch; an inactive knob is at distance 1 from any active value and 0 from another inactive."""
+    parts = []
+    if u1.shape[1]:
+        a, b = u1[:, None, :], u2[None, :, :]
+        diff = (a - b) ** 2
+        a_nan, b_nan = np.isnan(a), np.isnan(b)
+        diff = np.where(a_nan & b_nan, 0.0, np.where(a_nan | b_nan, 1.0, diff))
+        parts.append(diff)
+    if c1.shape[1]:
+        parts.append((c1[:, None, :] != c2[None, :, :]).astype(float))
+    if not parts:
+        return np.zeros((u1.shape[0], u2.shape[0], 0))
+    return np.concatenate(parts, axis=2)
+
+
+@dataclass
+class GP:
+    """A zero-mean GP with a Matérn-5/2 kernel over the mixed distance; MAP-fitted hyperparameters."""
+
+    d: int
+    n_cat: int = 0  # the last n_cat dimensions are categorical
+    log_ls: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    log_sf2: float = 0.0
+    log_sn2: float = math.log(1e-2)
+    L: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    D: np.ndarray | None = None  # training squared distances per dimension
+
+    def __post_init__(self) -> None:
+        base = math.sqrt(2.0) + 0.5 * math.log(max(self.d, 1))
+        self.prior_mu = np.full(self.d, base)
+        if self.n_cat:  # a categorical knob of a system (the GC, a driver) rarely matters little
+            self.prior_mu[self.d - self.n_cat :] = base - CAT_SHIFT
+        self.prior_sd = math.sqrt(3.0)
+        if self.log_ls.size == 0:
+            self.log_ls = self.prior_mu.copy()
+
+    @staticmethod
+    def _k(D: np.ndarray, log_ls: np.ndarray, log_sf2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        inv = np.exp(-2.0 * log_ls)
+        r2 = D @ inv if D.shape[2] else np.zeros(D.shape[:2])
+        r = np.sqrt(np.maximum(r2, 1e-30))
+        e = np.exp(-SQRT5 * r)
+        sf2 = math.exp(log_sf2)
+        k = sf2 * (1.0 + SQRT5 * r + 5.0 / 3.0 * r2) * e
+        dk_common = sf2 * (5.0 / 3.0) * (1.0 + SQRT5 * r) * e  # dk/dlog(ls_i) = dk_common * D_i / ls_i^2
+        return k, dk_common, inv
+
+    def _nll(self, theta: np.ndarray, D: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        d = self.d
+        log_ls, log_sf2, log_sn2 = theta[:d], theta[d], theta[d + 1]
+        n = y.size
+        k, dk_common, inv = self._k(D, log_ls, log_sf2)
+        K = k + (math.exp(log_sn2) + 1e-8) * np.eye(n)
+        try:
+            L = linalg.cholesky(K, lower=True)
+        except linalg.LinAlgError:
+            return 1e10, np.zeros_like(theta)
+        alpha = linalg.cho_solve((L, True), y)
+        nll = 0.5 * float(y @ alpha) + float(np.log(np.diag(L)).sum()) + 0.5 * n * math.log(2 * math.pi)
+        W = np.outer(alpha, alpha) - linalg.cho_solve((L, True), np.eye(n))
+        grad = np.empty_like(theta)
+        # d/dlog ls_i: dK = dk_common * D_i * inv_i
+        grad[:d] = -0.5 * np.einsum("ij,ijk->k", W * dk_common, D) * inv if d else np.zeros(0)
+        grad[d] = -0.5 * float((W * k).sum())
+        grad[d + 1] = -0.5 * math.exp(log_sn2) * float(np.trace(W))
+        # priors: log ls ~ N(mu, sd); log sf2 ~ N(0, 1); log sn2 ~ N(log 1e-2, 1.5)
+        nll += float(((log_ls - self.prior_mu) ** 2).sum()) / (2 * self.prior_sd**2)
+        grad[:d] += (log_ls - self.prior_mu) / self.prior_sd**2
+        nll += log_sf2**2 / 2
+        grad[d] += log_sf2
+        mu_n = math.log(1e-2)
+        nll += (log_sn2 - mu_n) ** 2 / (2 * 1.5**2)
+        grad[d + 1] += (log_sn2 - mu_n) / 1.5**2
+        return nll, grad
+
+    def fit(self, D: np.ndarray, y: np.ndarray) -> None:
+        d = self.d
+        theta0 = np.concatenate([self.log_ls, [self.log_sf2, self.log_sn2]])
+        bounds = [(-4.0, 6.0)] * d + [(-3.0, 3.0), (math.log(1e-6), math.log(1.0))]
+        best = None
+        for start in (theta0, np.concatenate([self.prior_mu, [0.0, math.log(1e-2)]])):
+            try:
+                res = optimize.minimize(
+                    self._nll, start, args=(D, y), jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 80}
+                )
+            except (ValueError, FloatingPointError):
+                continue
+            if best is None or res.fun < best.fun:
+                best = res
+        theta = best.x if best is not None else theta0
+        self.log_ls, self.log_sf2, self.log_sn2 = theta[:d], float(theta[d]), float(theta[d + 1])
+        k, _, _ = self._k(D, self.log_ls, self.log_sf2)
+        K = k + (math.exp(self.log_sn2) + 1e-8) * np.eye(y.size)
+        jitter = 1e-8
+        while True:
+            try:
+                self.L = linalg.cholesky(K + jitter * np.eye(y.size), lower=True)
+                break
+            except linalg.LinAlgError:
+                jitter *= 10
+        self.alpha = linalg.cho_solve((self.L, True), y)
+        self.D = D
+
+    def predict(self, Dx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation at points with distances ``Dx`` (n_x, n_train, d)."""
+        assert self.L is not None and self.alpha is not None
+        ks, _, _ = self._k(Dx, self.log_ls, self.log_sf2)
+        mean = ks @ self.alpha
+        v = linalg.solve_triangular(self.L, ks.T, lower=True)
+        var = np.maximum(math.exp(self.log_sf2) - (v**2).sum(axis=0), 1e-12)
+        return mean, np.sqrt(var)
+
+
+def _log_ei(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    z = (mean - best) / sd
+    # log(sd * (z * Phi(z) + phi(z))), stable for very negative z
+    out = np.empty_like(z)
+    ok = z > -6
+    zo = z[ok]
+    out[ok] = np.log(sd[ok]) + np.log(np.maximum(zo * stats.norm.cdf(zo) + stats.norm.pdf(zo), 1e-300))
+    zn = z[~ok]
+    out[~ok] = np.log(sd[~ok]) + stats.norm.logpdf(zn) - np.log(zn**2)  # Mills-ratio asymptote
+    return out
+
+
+def _copula(y: np.ndarray) -> np.ndarray:
+    ranks = stats.rankdata(y)
+    return np.asarray(stats.norm.ppf((ranks - 0.5) / y.size))
+
+
+@dataclass
+class AutoTuner:
+    seed: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = "auto"
+    repeats_configurations: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.options) - set(DEFAULT_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r}; auto takes {', '.join(DEFAULT_OPTIONS)}")
+        self.opts = {**DEFAULT_OPTIONS, **self.options}
+        for k, v in self.opts.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "n_init" else 1):
+                raise ValueError(f"option {k} must be a {'non-negative' if k == 'n_init' else 'positive'} integer")
+
+    # ------------------------------------------------------------------------------------------
+    def propose(self, study: optuna.Study, space: Space, history: list[FrozenTrial], reject: Any) -> Proposal | None:
+        if len(study.directions) > 1:
+            from knobflow.tuners.optuna import OptunaTuner
+
+            p = OptunaTuner("tpe", seed=self.seed).propose(study, space, history, reject)
+            if p is not None:
+                p.source = "auto/tpe-multiobjective"
+            return p
+        rng = np.random.default_rng(_seed(self.seed, len(history)))
+        enc = Encoder(space)
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        observed = [
+            t
+            for t in history
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("interrupted")
+        ]
+        configs = [dict(t.params) for t in observed]
+        good = [
+            t.state == TrialState.COMPLETE and t.values is not None and not t.user_attrs.get("slo_violations")
+            for t in observed
+        ]
+        n_good = sum(good)
+        if n_good < 2 or len(observed) < 1 + self.opts["n_init"]:
+            return self._space_filling(space, enc, configs, rng, reject)
+        y = np.array(
+            [
+                (t.values[0] if maximize else -t.values[0]) if ok else np.nan
+                for t, ok in zip(observed, good, strict=True)
+            ]
+        )
+        worst = np.nanmin(y)
+        y = np.where(np.isnan(y), worst - 1e-9 - abs(worst) * 1e-6, y)  # failures and infeasible: worst rank
+        z = _copula(y)
+        u, c = enc.encode(configs)
+        D = _sq_dists(u, c, u, c)
+        gp = GP(d=D.shape[2], n_cat=len(enc.cat))
+        gp.fit(D, z)
+        mean_obs, _ = gp.predict(D)
+        incumbent = float(mean_obs.max())
+        return self._maximise_ei(space, enc, gp, u, c, configs, mean_obs, incumbent, rng, reject)
+
+
+    # ------------------------------------------------------------------------------------------
+    # Candidates live in the encoded space (numeric knobs in [0, 1], categorical as indexes), where
+    # they are drawn, perturbed and scored in bulk; only the best few become configurations, which
+    # are then snapped to the domain, completed for conditions, re-scored exactly and checked.
+
+    def _random_rows(self, enc: Encoder, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        u = rng.random((n, len(enc.num)))
+        sizes = np.array([len(enc.space.params[c].distribution.choices) for c in enc.cat])  # type: ignore[attr-defined]
+        c = (rng.random((n, len(enc.cat))) * sizes).astype(np.int64) if enc.cat else np.zeros((n, 0), np.int64)
+        return u, c
+
+    def _perturb_rows(
+        self, enc: Encoder, u0: np.ndarray, c0: np.ndarray, rng: np.random.Generator, n: int, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` copies of each base row with a few knobs moved: numeric ones by a Gaussian step,
+        categorical ones to a random choice."""
+        dn, dc = len(enc.num), len(enc.cat)
+        d = dn + dc
+        reps_u = np.repeat(u0, n, axis=0)
+        reps_c = np.repeat(c0, n, axis=0)
+        m = reps_u.shape[0]
+        k = np.minimum(rng.geometric(0.4, size=m), d)
+        order = np.argsort(rng.random((m, d)), axis=1)
+        chosen = order < k[:, None]  # k random dimensions per row
+        if dn:
+            fresh = np.where(np.isnan(reps_u), rng.random(reps_u.shape), reps_u)
+            moved = np.clip(fresh + rng.normal(0.0, scale, reps_u.shape), 0.0, 1.0)
+            reps_u = np.where(chosen[:, :dn], moved, reps_u)
+        if dc:
+            sizes = np.array([len(enc.space.params[c].distribution.choices) for c in enc.cat])  # type: ignore[attr-defined]
+            new_c = (rng.random(reps_c.shape) * sizes).astype(np.int64)
+            reps_c = np.where(chosen[:, dn:], new_c, reps_c)
+        return reps_u, reps_c
+
+    def _decode(self, enc: Encoder, u: np.ndarray, c: np.ndarray) -> dict[str, Any]:
+        raw: dict[str, Any] = {}
+        for j, n in enumerate(enc.num):
+            if not np.isnan(u[j]):
+                raw[n] = enc.from_unit(n, float(u[j]))
+        for j, n in enumerate(enc.cat):
+            if c[j] >= 0:
+                raw[n] = enc.space.params[n].distribution.choices[int(c[j])]  # type: ignore[attr-defined]
+        # Knobs that become active without a value take a random one rather than the default.
+        out: dict[str, Any] = {}
+        for name, p in enc.space.params.items():
+            if enc.space.active(name, out):
+                out[name] = raw.get(name, p.default)
+        return out
+
+    def _pick(
+        self,
+        enc: Encoder,
+        u: np.ndarray,
+        c: np.ndarray,
+        scores: np.ndarray,
+        score_exact: Any,
+        reject: Any,
+        source: str,
+        top: int = 64,
+    ) -> Proposal | None:
+        seen: set[tuple[Any, ...]] = set()
+        cands: list[dict[str, Any]] = []
+        for i in np.argsort(-scores):
+            cfg = self._decode(enc, u[i], c[i])
+            key = tuple(sorted((k, repr(v)) for k, v in cfg.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            cands.append(cfg)
+            if len(cands) >= top:
+                break
+        exact = score_exact(cands)
+        for i in np.argsort(-exact):
+            if reject(cands[int(i)]) is None:
+                return Proposal(cands[int(i)], source=source)
+        return None
+
+    def _space_filling(
+        self, space: Space, enc: Encoder, configs: list[dict[str, Any]], rng: np.random.Generator, reject: Any
+    ) -> Proposal | None:
+        u, c = self._random_rows(enc, rng, 512)
+        if not configs:
+            scores = rng.random(u.shape[0])
+            return self._pick(enc, u, c, scores, lambda cs: np.arange(len(cs), 0, -1.0), reject, "auto/space-filling")
+        uo, co = enc.encode(configs)
+
+        def mindist(cu: np.ndarray, cc: np.ndarray) -> np.ndarray:
+            return np.asarray(_sq_dists(cu, cc, uo, co).sum(axis=2).min(axis=1))
+
+        def exact(cands: list[dict[str, Any]]) -> np.ndarray:
+            return mindist(*enc.encode(cands))
+
+        return self._pick(enc, u, c, mindist(u, c), exact, reject, "auto/space-filling")
+
+    def _maximise_ei(
+        self,
+        space: Space,
+        enc: Encoder,
+        gp: GP,
+        u: np.ndarray,
+        c: np.ndarray,
+        configs: list[dict[str, Any]],
+        mean_obs: np.ndarray,
+        incumbent: float,
+        rng: np.random.Generator,
+        reject: Any,
+    ) -> Proposal | None:
+        def score(cu: np.ndarray, cc: np.ndarray) -> np.ndarray:
+            m, s = gp.predict(_sq_dists(cu, cc, u, c))
+            return _log_ei(m, s, incumbent)
+
+        ru, rc = self._random_rows(enc, rng, self.opts["candidates"])
+        order = np.argsort(-mean_obs)[: self.opts["top"]]
+        pu, pc = self._perturb_rows(enc, u[order], c[order], rng, self.opts["perturbations"], 0.15)
+        cu, cc = np.vstack([ru, pu]), np.vstack([rc, pc])
+        scores = score(cu, cc)
+        for scale in (0.08, 0.03):  # a short hill-climb from the best candidates
+            best = np.argsort(-scores)[:6]
+            hu, hc = self._perturb_rows(enc, cu[best], cc[best], rng, 32, scale)
+            cu, cc = np.vstack([cu, hu]), np.vstack([cc, hc])
+            scores = np.concatenate([scores, score(hu, hc)])
+        return self._pick(enc, cu, cc, scores, lambda cs: score(*enc.encode(cs)), reject, "auto/gp-ei")
