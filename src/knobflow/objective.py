@@ -40,7 +40,9 @@ class ObjectiveDef:
         if missing:
             got = ", ".join(sorted(metrics)) or "nothing"
             if self.expr is None:
-                raise ValueError(f"the benchmark did not report the objective metric {missing[0]!r} (it reported: {got})")
+                raise ValueError(
+                    f"the benchmark did not report the objective metric {missing[0]!r} (it reported: {got})"
+                )
             raise ValueError(
                 f"the benchmark did not report the metric {missing[0]!r} that objective {self.label!r} needs "
                 f"(it reported: {got})"

@@ -296,7 +296,6 @@ class AutoTuner:
         incumbent = float(mean_obs.max())
         return self._maximise_ei(space, enc, gp, u, c, configs, mean_obs, incumbent, rng, reject)
 
-
     # ------------------------------------------------------------------------------------------
     # Candidates live in the encoded space (numeric knobs in [0, 1], categorical as indexes), where
     # they are drawn, perturbed and scored in bulk; only the best few become configurations, which
