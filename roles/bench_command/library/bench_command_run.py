@@ -37,7 +37,7 @@ options:
   aggregate:
     description: How to combine the measured runs.
     type: str
-    choices: [median, mean, min, max]
+    choices: [median, mean, trimmed_mean, min, max]
     default: median
   timeout:
     description: Seconds one run may take.
@@ -122,6 +122,11 @@ def run_command(argv, chdir, env, timeout):
 def combine(values, how):
     if how == "mean":
         return statistics.fmean(values)
+    if how == "trimmed_mean":
+        # Drop the highest and lowest tenth (at least one each once there are 3 runs or more).
+        ordered = sorted(values)
+        cut = max(1, len(ordered) // 10) if len(ordered) >= 3 else 0
+        return statistics.fmean(ordered[cut : len(ordered) - cut])
     if how == "min":
         return min(values)
     if how == "max":
@@ -137,7 +142,7 @@ def main():
             environment=dict(type="dict", default={}),
             warmup=dict(type="int", default=1),
             repeats=dict(type="int", default=3),
-            aggregate=dict(type="str", choices=["median", "mean", "min", "max"], default="median"),
+            aggregate=dict(type="str", choices=["median", "mean", "trimmed_mean", "min", "max"], default="median"),
             timeout=dict(type="int", default=600),
             regex=dict(type="str"),
         ),
