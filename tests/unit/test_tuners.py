@@ -12,7 +12,7 @@ from knobflow.tuners.base import ask, tell
 from knobflow.tuners.optuna import grid_values, missing_modules
 from tests.conftest import REPO
 
-RUNNABLE = [n for n in registry.names() if n == "identity" or not missing_modules(n)]
+RUNNABLE = [n for n in registry.names() if n in ("identity", "auto") or not missing_modules(n)]
 
 
 def test_the_dev_install_has_every_tuner_but_gp() -> None:
@@ -39,13 +39,14 @@ def test_suggestions_are_in_bounds_and_on_step(name: str, home: Path) -> None:
         tell(study, t.number, TrialState.COMPLETE, float(i % 5))
 
 
-def test_same_seed_same_suggestions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["tpe", "auto"])
+def test_same_seed_same_suggestions(name: str, tmp_path: Path) -> None:
     exp = spec.load(REPO / "experiments" / "sqlite-demo.yaml")
     runs = []
     for k in range(2):
         store = Store(f"sqlite:///{tmp_path / f'{k}.db'}")
         study = store.open(exp)
-        tuner = registry.create("tpe", seed=11)
+        tuner = registry.create(name, seed=11)
         seq = []
         for i in range(8):
             t = ask(tuner, study, exp.space())
@@ -84,7 +85,7 @@ def test_grid_values() -> None:
 
 def test_grid_covers_the_grid_without_repeats(home: Path) -> None:
     text = (REPO / "experiments" / "sqlite-demo.yaml").read_text()
-    exp = spec.parse(text.replace("name: tpe", "name: grid\n  options: {points: 2}"), base_dir=REPO / "experiments")
+    exp = spec.parse(text.replace("name: auto", "name: grid\n  options: {points: 2}"), base_dir=REPO / "experiments")
     store = Store(f"sqlite:///{home / 'g.db'}")
     study = store.open(exp)
     tuner = registry.create("grid", seed=1, options={"points": 2})
@@ -100,7 +101,7 @@ def test_missing_packages_are_named_at_validation(monkeypatch: pytest.MonkeyPatc
     from knobflow.tuners import optuna as optuna_tuners
 
     monkeypatch.setattr(optuna_tuners.importlib.util, "find_spec", lambda name: None)
-    text = (REPO / "experiments" / "sqlite-demo.yaml").read_text().replace("name: tpe", "name: cmaes")
+    text = (REPO / "experiments" / "sqlite-demo.yaml").read_text().replace("name: auto", "name: cmaes")
     with pytest.raises(spec.SpecError) as info:
         spec.parse(text, base_dir=REPO / "experiments")
     assert [p.path for p in info.value.problems] == ["tuner.name"]
