@@ -24,7 +24,7 @@ import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -53,7 +53,7 @@ def min_trials(n_tunables: int) -> int:
 
 
 def screening_budget(n_tunables: int) -> int:
-    return max(24, int(math.ceil(1.5 * n_tunables)))
+    return max(24, math.ceil(1.5 * n_tunables))
 
 
 def _evaluator(name: str, seed: int) -> Any:
@@ -119,7 +119,7 @@ def rank(
     common = [n for n in names if all(n in t.params for t in usable)]
     conditional = [n for n in names if n not in common]
     rng = np.random.default_rng(seed)
-    direction = "maximize" if maximize else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if maximize else "minimize"
     samples: list[dict[str, float]] = []
     for b in range(max(1, bootstrap)):
         pick = usable if b == 0 else [usable[i] for i in rng.integers(0, len(usable), len(usable))]

@@ -378,7 +378,7 @@ class AutoTuner:
     ) -> Proposal | None:
         u, c = self._random_rows(enc, rng, 512)
         if not configs:
-            scores = rng.random(u.shape[0])
+            scores = np.asarray(rng.random(u.shape[0]))
             return self._pick(enc, u, c, scores, lambda cs: np.arange(len(cs), 0, -1.0), reject, "auto/space-filling")
         uo, co = enc.encode(configs)
 
