@@ -1,4 +1,4 @@
-"""The ``knobflow`` command line: validate | run | list | best | delete.
+"""The ``knobflow`` command line: validate | run | list | show | best | export | import | delete | kruize.
 
 ``run`` drives the experiment's Airflow DAG in-process with ``dag.test()`` on an embedded SQLite
 metadata database under ``$KNOBFLOW_HOME/airflow``; the tuning itself happens in
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +29,10 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _fmt_params(params: dict[str, Any]) -> str:
@@ -255,6 +260,9 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
             f"experiment {m.name}: {lim.trials} trials, {exp.objective_text()}, tuner {m.tuner.name}",
             flush=True,
         )
+    history = _history_line(study.user_attrs.get("warm_start"), p)
+    if history:
+        print(f"  {history}", flush=True)
     print(f"  Airflow log: {run_log}\n  trial logs: {engine.trial_log_path(exp, 0).parent}", flush=True)
 
     started = time.monotonic()
@@ -304,22 +312,27 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
 
 
 # --------------------------------------------------------------------------------------------
-# list / best / delete
+# Reading the store: list / show / best / export
+
+
+def _default_url(args: argparse.Namespace) -> str:
+    return str(args.storage or f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}")
 
 
 def _store_for(args: argparse.Namespace) -> Any:
     """The store to read; None when it is a SQLite file that does not exist (reading creates nothing)."""
     from knobflow.store import Store
 
-    url = args.storage or f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
+    url = _default_url(args)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return None
     return Store(url)
 
 
 def _no_store(args: argparse.Namespace, command: str, name: str) -> int:
-    url = args.storage or f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
-    print(f"knobflow {command}: no experiment named {name!r}: there is no store at {url}", file=sys.stderr)
+    print(
+        f"knobflow {command}: no experiment named {name!r}: there is no store at {_default_url(args)}", file=sys.stderr
+    )
     return EXIT_INVALID
 
 
@@ -341,30 +354,239 @@ def _named_store(args: argparse.Namespace) -> tuple[str, Any]:
     return name, _store_for(args)
 
 
+@dataclass
+class _View:
+    """One study as the reading commands see it: its trials, and its space and objectives rebuilt
+    from the experiment file recorded when it was created (the ``spec`` user attribute)."""
+
+    name: str
+    study: Any
+    trials: list[Any]
+    spec: dict[str, Any]
+    exp: Any  # the Experiment, or None for a study whose recorded file cannot be read any more
+    space: Any
+    objectives: Any
+    progress: Any
+
+
+def _objectives_from_attrs(study: Any) -> Any:
+    from knobflow.expr import compile_expr
+    from knobflow.objective import ObjectiveDef, Objectives
+
+    defs = []
+    for i, o in enumerate(study.user_attrs.get("objectives") or []):
+        expr = compile_expr(o["expression"], boolean=False, what="metric") if o.get("expression") else None
+        label = o.get("name") or o.get("metric") or o.get("expression") or f"value{i}"
+        defs.append(ObjectiveDef(label, o.get("direction") or "maximize", o.get("metric"), expr))
+    if len(defs) != len(study.directions):
+        n = len(study.directions)
+        defs = [
+            ObjectiveDef(f"value{i}" if n > 1 else "value", d.name.lower(), None, None)
+            for i, d in enumerate(study.directions)
+        ]
+    return Objectives(tuple(defs))
+
+
+def _view(store: Any, name: str) -> _View:
+    """Raises StoreError when there is no such experiment."""
+    from knobflow.space import Param, Space
+    from knobflow.spec import Experiment, ExperimentModel
+
+    study = store.load(name)
+    trials = store.trials(study)
+    spec_attr = study.user_attrs.get("spec") or {}
+    exp: Any = None
+    try:
+        exp = Experiment(model=ExperimentModel.model_validate(spec_attr), path=None, base_dir=Path.cwd())
+        space, objectives = exp.space(), exp.objectives()
+        if len(objectives.objectives) != len(study.directions):
+            raise ValueError("the recorded objectives do not match the study")
+    except (ValueError, TypeError, KeyError):  # a study of an older or other version: use what the trials say
+        exp = None
+        dists: dict[str, Any] = {}
+        for t in trials:
+            for n, d in t.distributions.items():
+                dists.setdefault(n, d)
+        space = Space([Param(n, d, None, "stack") for n, d in dists.items()])
+        objectives = _objectives_from_attrs(study)
+    return _View(name, study, trials, dict(spec_attr), exp, space, objectives, store.progress(study))
+
+
+def _stop_reason(store: Any, v: _View) -> str | None:
+    from knobflow import engine
+    from knobflow.store import is_archive
+
+    if v.exp is None or is_archive(v.name):
+        return None
+    return engine.stop_reason(v.exp, store, v.study, engine.limits(v.exp))
+
+
+def _status(v: _View, reason: str | None) -> str:
+    from knobflow.store import is_archive
+
+    if is_archive(v.name):
+        return "archived"
+    if v.progress.running:
+        return "running"
+    if reason:
+        if reason.startswith("budget spent"):
+            return "done"
+        for start, text in (("target reached", "target"), ("time limit", "time limit"), ("patience", "patience")):
+            if reason.startswith(start):
+                return f"done ({text})"
+        return "stopped"
+    return "new" if v.progress.done == 0 else "incomplete"
+
+
+def _objectives_text(v: _View, short: bool = False) -> str:
+    words = {"maximize": "max", "minimize": "min"} if short else {}
+    return ", ".join(f"{words.get(o.direction, o.direction)} {o.label}" for o in v.objectives.objectives)
+
+
+def _trial_source(t: Any) -> str:
+    a = t.user_attrs
+    if a.get("baseline"):
+        return "baseline"
+    if a.get("imported"):
+        return "imported"
+    if a.get("warm_start"):
+        return "warm-start"
+    if a.get("warm_start_best"):
+        return "warm-start best"
+    if a.get("remeasure_of") is not None:
+        return "remeasure"
+    if a.get("requeued_from") is not None:
+        return "requeued"
+    return ""
+
+
+def _outcome(v: _View) -> dict[str, Any]:
+    """Best (single objective, median over re-measurements) or Pareto front, baseline and gain; feasible trials only."""
+    from knobflow import results
+    from knobflow.store import TrialRecord
+
+    records = [TrialRecord.from_frozen(t) for t in v.trials]
+    baseline = next((r for r in records if r.baseline and r.state == "complete" and r.values), None)
+    out: dict[str, Any] = {
+        "objectives": [{"name": o.label, "direction": o.direction} for o in v.objectives.objectives],
+        "best": None,
+        "pareto": None,
+        "baseline": None if baseline is None else {"trial": baseline.number, "values": baseline.values},
+        "gain_pct": None,
+        "infeasible": sum(1 for r in records if r.state == "complete" and r.values is not None and not r.feasible),
+    }
+    if v.objectives.multi:
+        front = sorted(results.pareto(v.objectives, v.trials), key=lambda r: r.number)
+        out["pareto"] = [
+            {
+                "trial": r.number,
+                "values": r.values,
+                "params": r.params,
+                "metrics": r.metrics,
+                "source": _trial_source(t),
+            }
+            for r in front
+            for t in v.trials
+            if t.number == r.number
+        ]
+        return out
+    top = results.best(v.space, v.objectives, v.trials)
+    if top is not None:
+        r = top.record
+        out["best"] = {
+            "trial": r.number,
+            "value": top.value,
+            "measurements": top.measurements,
+            "params": r.params,
+            "metrics": r.metrics,
+            "source": _trial_source(next(t for t in v.trials if t.number == r.number)),
+        }
+        if baseline is not None and baseline.values and baseline.values[0]:
+            base = baseline.values[0]
+            delta = top.value - base
+            out["gain_pct"] = 100.0 * (delta if v.objectives.objectives[0].maximize else -delta) / abs(base)
+    return out
+
+
+def _history_line(info: Any, p: Any) -> str | None:
+    """What a study holds besides its own trials: warm-start copies and imported rows."""
+    parts = []
+    if isinstance(info, dict):
+        text = f"warm start from {info.get('from')}: {info.get('copied', 0)} of {info.get('source_complete', 0)} "
+        text += "complete trials copied"
+        if info.get("skipped"):
+            text += f" ({info['skipped']} skipped: `knobflow show` says why)"
+        if info.get("best"):
+            text += f"; the best (trial {info['best']['trial']}) is measured again after the baseline"
+        parts.append(text)
+    if p.imported:
+        parts.append(f"{p.imported} imported trials")
+    if not parts:
+        return None
+    return "; ".join(parts) + " (not counted in the budget)"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    import optuna
+    from knobflow.store import is_archive
 
     store = _store_for(args)
     if store is None:
         print("[]" if args.json else "no experiments (the store does not exist yet)")
         return EXIT_OK
     rows = []
-    for s in optuna.get_all_study_summaries(store.storage):
-        recs = [t for t in store.storage.get_all_trials(s._study_id, deepcopy=False)]
-        done = sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in recs)
-        failed = sum(t.state.name == "FAIL" and not t.user_attrs.get("interrupted") for t in recs)
-        best = s.best_trial.value if s.best_trial is not None else None
-        rows.append((s.study_name, done, failed, best))
+    for name in store.names():
+        if is_archive(name) and not args.all:
+            continue
+        v = _view(store, name)
+        reason = _stop_reason(store, v)
+        outcome = _outcome(v)
+        best = outcome["best"]
+        rows.append(
+            {
+                "name": name,
+                "trials": v.progress.done,
+                "failed": v.progress.failed,
+                "best": None if best is None else best["value"],
+                "best_trial": None if best is None else best["trial"],
+                "pareto": None if outcome["pareto"] is None else len(outcome["pareto"]),
+                "objectives": outcome["objectives"],
+                "status": _status(v, reason),
+                "stop_reason": reason,
+                "imported": v.progress.imported,
+                "warm_start": v.progress.warm_start,
+                "objective_text": _objectives_text(v, short=True),
+            }
+        )
     if args.json:
-        print(json.dumps([{"name": n, "trials": d, "failed": f, "best": b} for n, d, f, b in rows], indent=2))
+        for r in rows:
+            del r["objective_text"]
+        print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
         print(f"no experiments in {store.url}")
         return EXIT_OK
-    print(f"{'experiment':<30} {'trials':>6} {'failed':>6}  best")
-    for n, d, f, b in rows:
-        print(f"{n:<30} {d:>6} {f:>6}  {_fmt_value(b) if b is not None else '-'}")
+    width = max(30, *(len(r["name"]) for r in rows))
+    print(f"{'experiment':<{width}} {'trials':>6} {'failed':>6}  {'objective':<28} {'best':<18} status")
+    for r in rows:
+        if r["pareto"] is not None:
+            best = f"pareto: {r['pareto']}"
+        elif r["best"] is not None:
+            best = f"{_fmt_value(r['best'])} (#{r['best_trial']})"
+        else:
+            best = "-"
+        counts = f"{r['trials']:>6} {r['failed']:>6}"
+        if len(r["objective_text"]) > 28:
+            r["objective_text"] = r["objective_text"][:27] + "…"
+        print(f"{r['name']:<{width}} {counts}  {r['objective_text']:<28} {best:<18} {r['status']}")
     return EXIT_OK
+
+
+def _failed(v: _View) -> list[dict[str, Any]]:
+    return [
+        {"trial": t.number, "reason": t.user_attrs.get("reason"), "source": _trial_source(t)}
+        for t in v.trials
+        if t.state.name == "FAIL" and not t.user_attrs.get("interrupted")
+    ]
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -374,64 +596,443 @@ def cmd_best(args: argparse.Namespace) -> int:
     if store is None:
         return _no_store(args, "best", name)
     try:
-        records = store.records(name)
+        v = _view(store, name)
     except StoreError as exc:
         print(f"knobflow best: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    study = store.load(name)
-    maximize = study.direction.name == "MAXIMIZE"
-    done = [r for r in records if r.state == "complete" and r.value is not None]
-    failed = [r for r in records if r.state == "fail" and not r.interrupted]
-    best = (max if maximize else min)(done, key=lambda r: r.value or 0.0) if done else None
-    baseline = next((r for r in done if r.baseline), None)
-    gain = None
-    if best and baseline and baseline.value:
-        delta = (best.value or 0.0) - baseline.value
-        gain = 100.0 * (delta if maximize else -delta) / abs(baseline.value)
+    out = _outcome(v)
+    failed = _failed(v)
+    found = bool(out["best"] or out["pareto"])
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "experiment": name,
-                    "best": None
-                    if best is None
-                    else {"trial": best.number, "value": best.value, "params": best.params, "metrics": best.metrics},
-                    "baseline": None if baseline is None else {"trial": baseline.number, "value": baseline.value},
-                    "gain_pct": gain,
-                    "failed": [{"trial": r.number, "reason": r.reason} for r in failed],
-                },
-                indent=2,
-            )
-        )
-        return EXIT_OK if best else EXIT_FAILED
-    if best is None:
-        print(f"experiment {name}: no completed trial")
+        print(json.dumps({"experiment": name, **out, "failed": failed}, indent=2, default=str))
+        return EXIT_OK if found else EXIT_FAILED
+    _print_outcome(name, v, out)
+    for f in failed:
+        print(f"failed trial {f['trial']}: {f['reason']}")
+    return EXIT_OK if found else EXIT_FAILED
+
+
+def _print_outcome(name: str, v: _View, out: dict[str, Any]) -> None:
+    labels = [o["name"] for o in out["objectives"]]
+    if out["pareto"] is not None:
+        if not out["pareto"]:
+            print(f"experiment {name}: no feasible completed trial: no Pareto front")
+        else:
+            print(f"experiment {name}: Pareto front of {len(out['pareto'])} trials ({_objectives_text(v)}):")
+            for r in out["pareto"]:
+                vals = "  ".join(f"{k}={_fmt_value(x)}" for k, x in zip(labels, r["values"] or [], strict=False))
+                print(f"  trial {r['trial']}: {vals}  {_fmt_params(r['params'])}")
+    elif out["best"] is None:
+        print(f"experiment {name}: no feasible completed trial")
     else:
-        print(f"experiment {name}: best trial {best.number}, value {_fmt_value(best.value)}")
-        for k, v in best.params.items():
-            print(f"  {k}: {_fmt_value(v)}")
-        if baseline is not None:
-            print(f"baseline (trial {baseline.number}): {_fmt_value(baseline.value)}")
-        if gain is not None:
-            print(f"gain over the baseline: {gain:+.1f}%")
-    for r in failed:
-        print(f"failed trial {r.number}: {r.reason}")
-    return EXIT_OK if best else EXIT_FAILED
+        b = out["best"]
+        runs = f", median of {len(b['measurements'])} measurements" if len(b["measurements"]) > 1 else ""
+        source = f", {b['source']}" if b["source"] and b["source"] != "baseline" else ""
+        print(f"experiment {name}: best trial {b['trial']}, {labels[0]} = {_fmt_value(b['value'])}{runs}{source}")
+        for k, x in b["params"].items():
+            print(f"  {k}: {_fmt_value(x)}")
+    if out["baseline"] is not None:
+        vals = ", ".join(_fmt_value(x) for x in out["baseline"]["values"] or [])
+        print(f"baseline (trial {out['baseline']['trial']}): {vals}")
+    if out["gain_pct"] is not None:
+        print(f"gain over the baseline: {out['gain_pct']:+.1f}%")
+    if out["infeasible"]:
+        print(f"{_count(out['infeasible'], 'trial')} broke an SLO (infeasible: never reported as best)")
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+def _describe_tunable(t: dict[str, Any]) -> str:
+    kind = t.get("type", "?")
+    if kind == "categorical":
+        domain = f"one of {t.get('choices')}"
+    elif kind == "bool":
+        domain = "true/false"
+    else:
+        domain = f"[{t.get('low')}, {t.get('high')}]"
+        if t.get("step") is not None:
+            domain += f" step {t['step']}"
+        if t.get("log"):
+            domain += " log"
+    when = f"  when {t['when']}" if t.get("when") is not None else ""
+    return f"{t.get('name')} ({t.get('layer')}, {kind} {domain}, default {t.get('default')!r}){when}"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
     from knobflow.store import StoreError
 
     name, store = _named_store(args)
     if store is None:
-        return _no_store(args, "delete", name)
+        return _no_store(args, "show", name)
     try:
-        store.delete(name)
+        v = _view(store, name)
+    except StoreError as exc:
+        print(f"knobflow show: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    reason = _stop_reason(store, v)
+    out = _outcome(v)
+    p = v.progress
+    spec = v.spec
+    budget = (spec.get("budget") or {}).get("trials")
+    trials = []
+    for t in v.trials:
+        complete = t.state.name == "COMPLETE" and t.values is not None
+        trials.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "values": list(t.values) if complete else None,
+                "feasible": (not t.user_attrs.get("slo_violations")) if complete else None,
+                "violations": list(t.user_attrs.get("slo_violations") or []),
+                "source": _trial_source(t),
+                "params": dict(t.params),
+                "reason": t.user_attrs.get("reason"),
+            }
+        )
+    data = {
+        "experiment": name,
+        "status": _status(v, reason),
+        "archived": v.study.user_attrs.get("archived"),
+        "description": spec.get("description", ""),
+        "created": v.study.user_attrs.get("created"),
+        "storage": store.url,
+        **{k: out[k] for k in ("objectives",)},
+        "slos": list(spec.get("slos") or []),
+        "constraints": list(spec.get("constraints") or []),
+        "tunables": list(spec.get("tunables") or []),
+        "layers": {k: (x or {}).get("role") for k, x in (spec.get("layers") or {}).items()},
+        "benchmark": spec.get("benchmark"),
+        "tuner": spec.get("tuner"),
+        "budget": {
+            "trials": budget,
+            "done": p.done,
+            "completed": p.completed,
+            "failed": p.failed,
+            "running": p.running,
+            "waiting": p.waiting,
+            "imported": p.imported,
+            "warm_start": p.warm_start,
+        },
+        "warm_start": v.study.user_attrs.get("warm_start"),
+        "stop_reason": reason,
+        **{k: out[k] for k in ("best", "pareto", "baseline", "gain_pct", "infeasible")},
+        "trials": trials,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return EXIT_OK
+    print(f"experiment {name} ({data['status']})")
+    if data["archived"]:
+        print(f"  archived from {data['archived'].get('from')} at {data['archived'].get('at')}")
+    if data["description"]:
+        print(f"  description: {' '.join(str(data['description']).split())}")
+    print(f"  created: {data['created'] or '?'}  storage: {store.url}")
+    print(f"  objective{'s' if len(out['objectives']) > 1 else ''}: {_objectives_text(v)}")
+    for s in data["slos"]:
+        print(f"  SLO: {s}")
+    for c in data["constraints"]:
+        print(f"  constraint: {c}")
+    if data["tunables"]:
+        print(f"  tunables ({len(data['tunables'])}):")
+        for t in data["tunables"]:
+            print(f"    {_describe_tunable(t)}")
+    if data["layers"]:
+        print(f"  layers: {', '.join(f'{k} -> {r}' for k, r in data['layers'].items())}")
+    b = data["benchmark"] or {}
+    if b:
+        print(f"  benchmark: {'role ' + str(b.get('role')) if b.get('role') else 'playbook ' + str(b.get('playbook'))}")
+    tuner = data["tuner"] or {}
+    if tuner:
+        seed = f" (seed {tuner['seed']})" if tuner.get("seed") is not None else ""
+        print(f"  tuner: {tuner.get('name')}{seed}")
+    print(
+        f"  budget: {p.done} of {budget if budget is not None else '?'} trials done ({p.failed} failed), "
+        f"{p.running} running, {p.waiting} waiting"
+    )
+    history = _history_line(data["warm_start"], p)
+    if history:
+        print(f"  {history}")
+    ws = data["warm_start"]
+    if isinstance(ws, dict):
+        if ws.get("dropped_tunables"):
+            print(f"    warm start dropped tunables this experiment lacks: {', '.join(ws['dropped_tunables'])}")
+        if ws.get("filled_defaults"):
+            filled = ", ".join(f"{k} ({n} trials)" for k, n in ws["filled_defaults"].items())
+            print(f"    warm start filled defaults for: {filled}")
+        for s in ws.get("skipped_why") or []:
+            print(f"    skipped source trial {s['trial']}: {s['why']}")
+    if reason:
+        print(f"  stopped because: {reason}")
+    _print_outcome(name, v, out)
+    labels = [o["name"] for o in out["objectives"]]
+    print("trials:")
+    head = "  ".join(f"{x:>12}" for x in labels)
+    print(f"  {'#':>4}  {'state':<8}  {head}  {'feasible':<8}  {'source':<15}  params")
+    for t in trials:
+        vals = (
+            "  ".join(f"{_fmt_value(x):>12}" for x in t["values"])
+            if t["values"]
+            else "  ".join(f"{'-':>12}" for _ in labels)
+        )
+        feas = "-" if t["feasible"] is None else ("yes" if t["feasible"] else "NO")
+        tail = f"  ({t['reason']})" if t["state"] == "fail" and t["reason"] else ""
+        print(
+            f"  {t['number']:>4}  {t['state']:<8}  {vals}  {feas:<8}  {t['source']:<15}  {_fmt_params(t['params'])}"
+            f"{tail}"
+        )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from knobflow.importer import write_export
+    from knobflow.store import StoreError
+
+    name, store = _named_store(args)
+    if store is None:
+        return _no_store(args, "export", name)
+    try:
+        v = _view(store, name)
+    except StoreError as exc:
+        print(f"knobflow export: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    fmt = args.format
+    if fmt is None:
+        ext = Path(args.output).suffix.lower() if args.output else ""
+        fmt = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(ext, "csv")
+    tunables = [str(t.get("name")) for t in v.spec.get("tunables") or [] if isinstance(t, dict)]
+    if args.output:
+        with open(args.output, "w", newline="", encoding="utf-8") as f:
+            n = write_export(v.trials, tunables, fmt, f)
+        print(f"exported {n} trials of experiment {name} to {args.output} ({fmt})", file=sys.stderr)
+    else:
+        write_export(v.trials, tunables, fmt, sys.stdout)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from knobflow import importer, spec
+    from knobflow.store import Store, StoreError
+
+    exp = spec.load(args.into)
+    url = exp.storage_url()
+    store_exists = not (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists())
+    store = Store(url) if store_exists else None  # a dry run creates nothing
+    study_baseline = None
+    if store is not None and store.exists(exp.name):
+        study_baseline = importer.measured_baseline(store.trials(store.load(exp.name)))
+    try:
+        plan = importer.plan_import(exp, Path(args.file), args.format, study_baseline=study_baseline, source=args.file)
+    except importer.ImportFileError as exc:
+        print(f"knobflow import: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    lines = [r.format(args.file) for r in plan.rejected]
+    good, total = len(plan.trials), plan.total
+    if total == 0:
+        print(f"knobflow import: {args.file} has no rows", file=sys.stderr)
+        return EXIT_INVALID
+    if plan.rejected and (args.strict or not good):
+        why = "(--strict)" if args.strict and good else "(no row can be imported)"
+        print(
+            f"knobflow import: imported nothing into experiment {exp.name}: "
+            f"{len(lines)} of {total} rows rejected {why}:",
+            file=sys.stderr,
+        )
+        for line in lines:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    if args.dry_run:
+        head = f"would import {good} of {total} rows into experiment {exp.name} (dry run: nothing written)"
+    else:
+        try:
+            study = (store or Store(url)).open(exp)
+        except StoreError as exc:
+            print(f"knobflow import: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        plan.apply(study)
+        head = f"imported {good} of {total} rows into experiment {exp.name}"
+    print(head + (f"; {len(lines)} rejected:" if lines else ""))
+    for line in lines:
+        print(line)
+    relative = [s.text for s in exp.objectives().slos if s.relative]
+    if relative and plan.baseline_from == "none":
+        print(
+            f"note: the SLOs {'; '.join(relative)} compare with the baseline, which neither the study nor the file "
+            "(a row with baseline=true) has measured: the imported rows are recorded as breaking them",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# delete
+
+
+def _confirm(name: str, action: str) -> bool:
+    print(f"This will {action}.")
+    try:
+        typed = input(f"Type the experiment's name ({name}) to confirm: ")
+    except EOFError:
+        print("\nknobflow delete: not confirmed (no input); pass --yes to delete without asking", file=sys.stderr)
+        return False
+    if typed.strip() != name:
+        print(f"knobflow delete: you typed {typed.strip()!r}, not {name!r}: nothing deleted", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from knobflow.store import StoreError, is_archive
+
+    name, store = _named_store(args)
+    if store is None:
+        return _no_store(args, "delete", name)
+    archives = store.archives(name) if args.purge and args.all_archives else []
+    exists = store.exists(name)
+    if not exists and not archives:
+        try:
+            store.load(name)
+        except StoreError as exc:
+            print(f"knobflow delete: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    purge = args.purge or is_archive(name)
+    parts = []
+    if exists:
+        count = len(store.trials(store.load(name)))
+        if purge:
+            parts.append(f"destroy {'archive' if is_archive(name) else 'experiment'} {name} and its {count} trials")
+        else:
+            parts.append(f"archive experiment {name} ({count} trials) and free its name (--purge destroys it instead)")
+    if archives:
+        parts.append(f"destroy its {len(archives)} archive{'s' if len(archives) != 1 else ''} ({', '.join(archives)})")
+    if not args.yes and not _confirm(name, " and ".join(parts)):
+        return EXIT_FAILED
+    home = _paths.knobflow_home()
+    lock = _experiment_lock(home, name) if home.is_dir() and not is_archive(name) else contextlib.nullcontext()
+    try:
+        with lock:
+            if exists and purge:
+                store.delete(name)
+                print(f"deleted {'archive' if is_archive(name) else 'experiment'} {name} for good")
+            elif exists:
+                target = store.archive(name)
+                print(
+                    f"archived experiment {name} as {target}; the name {name} is free "
+                    f"(`knobflow delete '{target}' --yes` destroys the archive)"
+                )
+            for a in archives:
+                store.delete(a)
+                print(f"deleted archive {a} for good")
+    except RuntimeError as exc:
+        print(f"knobflow delete: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except StoreError as exc:
         print(f"knobflow delete: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"deleted experiment {name}")
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# kruize
+
+
+def cmd_kruize_import(args: argparse.Namespace) -> int:
+    from knobflow import kruize, spec
+
+    try:
+        roles = dict(kruize.parse_assignment(x, "--role") for x in args.role)
+        layers = {k: v.strip() for k, v in (kruize.parse_assignment(x, "--layer") for x in args.layer)}
+        defaults = dict(kruize.parse_assignment(x, "--default") for x in args.default)
+        bench_vars = {
+            k: kruize.yaml_value(v)
+            for k, v in (kruize.parse_assignment(x, "--benchmark-var") for x in args.benchmark_var)
+        }
+        variables = {k: kruize.yaml_value(v) for k, v in (kruize.parse_assignment(x, "--var") for x in args.var)}
+    except ValueError as exc:
+        print(f"knobflow kruize import: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        print(f"knobflow kruize import: {out} exists; pass --force to overwrite it", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        conv = kruize.to_experiment(
+            kruize.load_search_space(Path(args.file)),
+            source=args.file,
+            roles=roles,
+            layers=layers,
+            defaults=defaults,
+            benchmark_role=args.benchmark_role,
+            benchmark_vars=bench_vars,
+            variables=variables,
+        )
+    except kruize.KruizeError as exc:
+        for p in exc.problems:
+            print(f"{exc.source}: {p}", file=sys.stderr)
+        print(
+            f"{exc.source}: cannot convert ({_count(len(exc.problems), 'problem')})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    text = kruize.experiment_yaml(conv, args.file)
+    for w in conv.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    where = str(out) if out is not None else "<stdout>"
+    problems: list[str] = []
+    try:
+        spec.parse(text, source=where, base_dir=(out.parent if out is not None else Path.cwd()).resolve())
+    except spec.SpecError as exc:
+        problems = [p.format(where) for p in exc.problems]
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        d = conv.data
+        print(
+            f"wrote {out}: experiment {d['name']!r}, {len(d['tunables'])} tunables, tuner {d['tuner']['name']}, "
+            f"{d['budget']['trials']} trials ({len(conv.warnings)} warnings)",
+            file=sys.stderr,
+        )
+    if problems:
+        print("the experiment file does not validate yet; edit it before running it:", file=sys.stderr)
+        for p in problems:
+            print(p, file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_kruize_export(args: argparse.Namespace) -> int:
+    from knobflow import kruize, spec
+
+    exp = spec.load(args.file)
+    try:
+        conv = kruize.from_experiment(exp)
+    except kruize.KruizeError as exc:
+        for p in exc.problems:
+            print(f"{args.file}: {p}", file=sys.stderr)
+        print(
+            f"{args.file}: Kruize cannot express this experiment ({_count(len(exc.problems), 'problem')})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    for w in conv.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    text = json.dumps(conv.data, indent=2) + "\n"
+    if args.output:
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            print(f"knobflow kruize export: {out} exists; pass --force to overwrite it", file=sys.stderr)
+            return EXIT_INVALID
+        out.write_text(text)
+        print(f"wrote {out}: Kruize search space {exp.name!r}, {len(conv.data['tunables'])} tunables", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,6 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="knobflow", description="Tune software environments with Airflow, Ansible and Optuna."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    storage_help = "storage URL (default: the file's, or $KNOBFLOW_HOME/knobflow.db)"
 
     p = sub.add_parser("validate", help="check experiment files; nothing is created")
     p.add_argument("files", nargs="+")
@@ -450,21 +1052,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed", type=int, help="stop after this many failed trials")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("list", help="experiments in the store: trials, objectives, best, status")
+    p.add_argument("--storage", help="storage URL (default: $KNOBFLOW_HOME/knobflow.db)")
+    p.add_argument("--all", action="store_true", help="also list archived experiments")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
     for name, func, text in (
-        ("best", cmd_best, "the best configuration of an experiment, its gain, and failed trials"),
-        ("delete", cmd_delete, "delete an experiment's study and all its trials"),
+        ("show", cmd_show, "an experiment in detail: its file, progress, best or Pareto front, and every trial"),
+        ("best", cmd_best, "the best configuration (or the Pareto front), its gain, and failed trials"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("name", help="experiment name, or its file")
-        p.add_argument("--storage", help="storage URL (default: the file's, or $KNOBFLOW_HOME/knobflow.db)")
-        if name == "best":
-            p.add_argument("--json", action="store_true")
+        p.add_argument("--storage", help=storage_help)
+        p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("list", help="experiments in the store")
-    p.add_argument("--storage", help="storage URL (default: $KNOBFLOW_HOME/knobflow.db)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("export", help="write an experiment's trials as CSV or JSON rows (`import` reads them back)")
+    p.add_argument("name", help="experiment name, or its file")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--format", choices=("csv", "json", "jsonl"), help="default: from -o's extension, else csv")
+    p.add_argument("-o", "--output", help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="add measured configurations from a CSV or JSON file to an experiment")
+    p.add_argument("file", help="CSV, JSON (a list of row objects) or JSON lines")
+    p.add_argument("--into", required=True, metavar="EXPERIMENT.yaml", help="the experiment file")
+    p.add_argument("--format", choices=("csv", "json", "jsonl"), help="default: from the file's extension")
+    p.add_argument("--strict", action="store_true", help="import nothing if any row is rejected")
+    p.add_argument("--dry-run", action="store_true", help="check the rows; write nothing")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("delete", help="archive an experiment (freeing its name), or destroy it with --purge")
+    p.add_argument("name", help="experiment name (or archive name), or its file")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--purge", action="store_true", help="destroy the study and its trials instead of archiving them")
+    p.add_argument("--all-archives", action="store_true", help="with --purge: also destroy the experiment's archives")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("kruize", help="convert Kruize HPO search spaces to experiment files and back")
+    ksub = p.add_subparsers(dest="kruize_command", required=True)
+    k = ksub.add_parser("import", help="a Kruize search-space JSON -> an experiment file")
+    k.add_argument("file", help="search_space.json (or a whole EXP_TRIAL_GENERATE_NEW request)")
+    k.add_argument("-o", "--output", help="experiment file to write (default: standard output)")
+    k.add_argument("--role", action="append", default=[], metavar="LAYER=ROLE", help="the role applying a layer")
+    k.add_argument("--layer", action="append", default=[], metavar="NAME=LAYER", help="put a tunable in a layer")
+    k.add_argument("--default", action="append", default=[], metavar="NAME=VALUE", help="a tunable's current value")
+    k.add_argument("--benchmark-role", default="bench_command", metavar="ROLE", help="default: bench_command")
+    k.add_argument("--benchmark-var", action="append", default=[], metavar="KEY=VALUE", help="a benchmark variable")
+    k.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="an experiment variable")
+    k.add_argument("--force", action="store_true", help="overwrite the output file")
+    k.set_defaults(func=cmd_kruize_import)
+    k = ksub.add_parser("export", help="an experiment file -> a Kruize search-space JSON")
+    k.add_argument("file", help="the experiment file")
+    k.add_argument("-o", "--output", help="JSON file to write (default: standard output)")
+    k.add_argument("--force", action="store_true", help="overwrite the output file")
+    k.set_defaults(func=cmd_kruize_export)
     return parser
 
 

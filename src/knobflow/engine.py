@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from knobflow import _paths, progress, results
 from knobflow.ansible import bridge
 from knobflow.spec import Experiment
-from knobflow.store import Store, TrialRecord
+from knobflow.store import Store, TrialRecord, counts_toward_budget
 from knobflow.tuners import base as tuners_base
 from knobflow.tuners import registry
 
@@ -203,9 +203,7 @@ def _queue_remeasure(exp: Experiment, store: Store, study: optuna.Study) -> None
     trials = store.trials(study)
     if any(t.state == TrialState.WAITING for t in trials):
         return
-    counted = [
-        t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get("interrupted")
-    ]
+    counted = [t for t in trials if counts_toward_budget(t) and t.state in (TrialState.COMPLETE, TrialState.FAIL)]
     if not counted or len(counted) % every or counted[-1].user_attrs.get("remeasure_of") is not None:
         return
     top = results.best(exp.space(), exp.objectives(), trials)

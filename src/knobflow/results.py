@@ -70,8 +70,8 @@ def trials_since_improvement(objectives: Objectives, trials: list[FrozenTrial]) 
         if ok and (best_v is None or objectives.better(t.values[0], best_v)):
             best_v = t.values[0]
             since = 0
-        else:
-            since += 1
+        elif not (t.user_attrs.get("imported") or t.user_attrs.get("warm_start")):
+            since += 1  # prior data sets the best to beat but spends no patience
     return since
 
 

@@ -3,6 +3,11 @@
 One Optuna study per experiment, named after it. Trial 0 is the baseline (the tunables' defaults).
 Each trial keeps, as user attributes: the metrics, the benchmark runs and spread, timings, the host
 and process that ran it, and on failure the reason. Running an experiment again resumes its study.
+
+Trials can also come from elsewhere: rows imported from a file (user attribute ``imported``) and,
+when the study is created, the trials of the experiment named in ``warm_start`` (user attribute
+``warm_start``). Both inform the tuner and count as measured configurations, but not toward the
+budget. Deleting an experiment archives its study as ``archive:<name>:<UTC time>`` unless purged.
 """
 
 from __future__ import annotations
@@ -26,13 +31,37 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 OWNERLESS_GRACE_S = 120.0
+ARCHIVE_PREFIX = "archive:"
 
 
 class StoreError(Exception):
     """The store cannot serve this experiment (for example its search space changed)."""
 
 
+def is_archive(name: str) -> bool:
+    """Whether a study name is an archived experiment (``archive:<name>:<UTC time>``)."""
+    return name.startswith(ARCHIVE_PREFIX)
+
+
+def archive_of(name: str) -> str | None:
+    """The experiment an archive was made from, or None when ``name`` is not an archive."""
+    if not is_archive(name):
+        return None
+    return name.removeprefix(ARCHIVE_PREFIX).rpartition(":")[0] or None
+
+
+def counts_toward_budget(t: FrozenTrial) -> bool:
+    """A finished trial this experiment ran itself (not interrupted, not imported, not warm-start)."""
+    return (
+        t.state in FINISHED
+        and not t.user_attrs.get("interrupted")
+        and not t.user_attrs.get("imported")
+        and not t.user_attrs.get("warm_start")
+    )
+
+
 def distribution(t: Tunable) -> BaseDistribution:
+    """The Optuna distribution of a tunable."""
     if t.type == "bool":
         return CategoricalDistribution(choices=(False, True))
     if t.type == "categorical":
@@ -99,13 +128,19 @@ class TrialRecord:
 
 @dataclass
 class Progress:
-    """How far an experiment is: what counts toward its budget and its failure limit."""
+    """How far an experiment is: what counts toward its budget and its failure limit.
+
+    ``done``, ``completed`` and ``failed`` count the trials the experiment ran itself; imported rows
+    and warm-start trials are counted apart (``imported``, ``warm_start``).
+    """
 
     done: int
     completed: int
     failed: int
     running: int
     waiting: int
+    imported: int = 0
+    warm_start: int = 0
 
 
 class Store:
@@ -164,7 +199,12 @@ class Store:
         return True
 
     def open(self, exp: Experiment) -> optuna.Study:
-        """Open the experiment's study, creating it (with the baseline queued) the first time."""
+        """Open the experiment's study, creating it (with the baseline queued) the first time.
+
+        With ``warm_start``, creating the study also copies the source experiment's trials that fit
+        this space and queues the best of them to be measured again right after the baseline. The
+        source is read before anything is created, so a missing source creates nothing.
+        """
         directions = exp.directions
         fingerprint = exp.space_fingerprint()
         if self.exists(exp.name):
@@ -184,6 +224,11 @@ class Store:
                     f"this file says {' and '.join(directions)}. Give the experiment a new name."
                 )
             return study
+        plan = None
+        if exp.model.warm_start is not None:
+            from knobflow.importer import plan_warm_start
+
+            plan = plan_warm_start(self, exp)
         study = optuna.create_study(
             study_name=exp.name,
             storage=self.storage,
@@ -194,16 +239,44 @@ class Store:
         study.set_user_attr("spec", exp.model.model_dump(mode="json", by_alias=True))
         study.set_user_attr("created", dt.datetime.now(dt.UTC).isoformat())
         study.enqueue_trial(exp.defaults(), user_attrs={"baseline": True})
+        if plan is not None:
+            plan.apply(study)
         return study
 
     def load(self, name: str) -> optuna.Study:
         if not self.exists(name):
-            raise StoreError(f"no experiment named {name!r} in {self.url} (known: {', '.join(self.names()) or 'none'})")
+            known = ", ".join(n for n in self.names() if not is_archive(n)) or "none"
+            raise StoreError(f"no experiment named {name!r} in {self.url} (known: {known})")
         return optuna.load_study(study_name=name, storage=self.storage)
 
     def delete(self, name: str) -> None:
+        """Destroy an experiment's study and all its trials (no archive is kept)."""
         self.load(name)
         optuna.delete_study(study_name=name, storage=self.storage)
+
+    def archive(self, name: str, *, now: dt.datetime | None = None) -> str:
+        """Move an experiment's study to ``archive:<name>:<UTC time>``, freeing the name; returns the archive's name."""
+        self.load(name)
+        if is_archive(name):
+            raise StoreError(f"{name!r} is already an archive; purge it to remove it")
+        when = now or dt.datetime.now(dt.UTC)
+        stamp = when.strftime("%Y%m%dT%H%M%SZ")
+        target = f"{ARCHIVE_PREFIX}{name}:{stamp}"
+        n = 1
+        while self.exists(target):  # archived twice within a second
+            n += 1
+            target = f"{ARCHIVE_PREFIX}{name}:{stamp}-{n}"
+        optuna.copy_study(
+            from_study_name=name, from_storage=self.storage, to_storage=self.storage, to_study_name=target
+        )
+        archived = optuna.load_study(study_name=target, storage=self.storage)
+        archived.set_user_attr("archived", {"from": name, "at": when.isoformat()})
+        optuna.delete_study(study_name=name, storage=self.storage)
+        return target
+
+    def archives(self, name: str) -> list[str]:
+        """The archives made from experiment ``name``, oldest first."""
+        return sorted(n for n in self.names() if archive_of(n) == name)
 
     # Trials ------------------------------------------------------------------------------
     def trials(self, study: optuna.Study) -> list[FrozenTrial]:
@@ -211,13 +284,15 @@ class Store:
 
     def progress(self, study: optuna.Study) -> Progress:
         ts = self.trials(study)
-        counted = [t for t in ts if t.state in FINISHED and not t.user_attrs.get("interrupted")]
+        counted = [t for t in ts if counts_toward_budget(t)]
         return Progress(
             done=len(counted),
             completed=sum(t.state == TrialState.COMPLETE for t in counted),
             failed=sum(t.state == TrialState.FAIL for t in counted),
             running=sum(t.state == TrialState.RUNNING for t in ts),
             waiting=sum(t.state == TrialState.WAITING for t in ts),
+            imported=sum(bool(t.user_attrs.get("imported")) for t in ts),
+            warm_start=sum(bool(t.user_attrs.get("warm_start")) for t in ts),
         )
 
     def mark_started(self, study: optuna.Study, trial: optuna.Trial, run_id: str | None) -> None:
