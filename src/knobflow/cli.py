@@ -1035,6 +1035,112 @@ def cmd_kruize_export(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# select
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Rank an experiment's tunables by importance and write a reduced experiment file."""
+    import yaml
+
+    from knobflow import select, spec
+    from knobflow.store import StoreError
+
+    exp = spec.load(args.file)
+    data = yaml.safe_load(Path(args.file).read_text())
+    stem = Path(args.file).with_suffix("")
+    if exp.multi_objective:
+        print("knobflow select: ranking needs a single objective (this experiment has several)", file=sys.stderr)
+        return EXIT_INVALID
+    if args.top < 1 or args.top > len(exp.tunables):
+        print(f"knobflow select: --top must be between 1 and {len(exp.tunables)}", file=sys.stderr)
+        return EXIT_INVALID
+
+    def plan_screening(reason: str) -> int:
+        out = Path(f"{stem}-screening.yaml")
+        screening = select.screening_file(data, trials=args.screen_trials)
+        if not out.exists():
+            out.write_text(f"# Written by knobflow select: {reason}\n" + select.dump(screening))
+        print(
+            f"{reason}\nscreening run planned: {out} ({screening['budget']['trials']} trials, tuner "
+            f"{screening['tuner']['name']}). Run it, then rank from it:\n"
+            f"  knobflow run {out}\n  knobflow select {args.file} --from {screening['name']} --top {args.top}"
+        )
+        return EXIT_OK if args.screen else EXIT_FAILED
+
+    if args.screen:
+        return plan_screening("a screening run explores the whole space evenly, which a ranking needs")
+    source = args.source or exp.name
+    args.storage = args.storage or exp.storage_url()
+    store = _store_for(args)
+    try:
+        if store is None:
+            raise StoreError(f"no experiment named {source!r}: there is no store at {_default_url(args)}")
+        trials = store.trials(store.load(source))
+    except StoreError as exc:
+        return plan_screening(f"knobflow select: {exc}")
+    names = [t.name for t in exp.tunables]
+    try:
+        ranking = select.rank(
+            trials,
+            maximize=exp.maximize,
+            names=names,
+            k=args.top,
+            evaluator=args.evaluator,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except select.SelectError as exc:
+        if "usable trials" in str(exc):
+            return plan_screening(f"knobflow select: {exc}")
+        print(f"knobflow select: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    keep = [r.name for r in ranking if r.ranked][: args.top]
+    reduced = select.reduce(data, keep)
+    out = Path(args.output) if args.output else Path(f"{stem}-top{args.top}.yaml")
+    header = (
+        f"# Written by knobflow select from experiment {source!r} ({len(select.usable_trials(trials))} trials, "
+        f"{args.evaluator} importance, {args.bootstrap} bootstrap resamples): the top {args.top} tunables are "
+        "tuned, the others pinned at their defaults.\n"
+    )
+    out.write_text(header + select.dump(reduced))
+    spec.load(out)  # the reduced file must be valid; a bug here should fail loudly, not later
+    if args.json:
+        rows = [
+            {
+                "tunable": r.name,
+                "importance": r.importance,
+                "sd": r.sd,
+                "top_k_share": r.top_k_share,
+                "ranked": r.ranked,
+                "kept": r.name in reduced_keep(reduced),
+            }
+            for r in ranking
+        ]
+        print(json.dumps({"source": source, "evaluator": args.evaluator, "ranking": rows, "file": str(out)}, indent=2))
+        return EXIT_OK
+    kept = reduced_keep(reduced)
+    print(
+        f"importance of {len(names)} tunables from {len(select.usable_trials(trials))} trials of {source!r} "
+        f"({args.evaluator}; median and 10-90% range over {args.bootstrap} bootstrap resamples; "
+        f"'in top {args.top}': share of resamples)"
+    )
+    print(f"{'':2}{'tunable':<32} {'importance':>10} {'range':>15} {'in top ' + str(args.top):>10}")
+    for r in ranking:
+        mark = "* " if r.name in kept else "  "
+        if not r.ranked:
+            print(f"{mark}{r.name:<32} {'(conditional: not ranked)':>37}")
+            continue
+        span = f"{r.low:.3f}-{r.high:.3f}"
+        print(f"{mark}{r.name:<32} {r.importance:>10.3f} {span:>15} {100 * r.top_k_share:>9.0f}%")
+    print(f"* tuned in {out} (experiment {reduced['name']!r}); the others are pinned at their defaults")
+    return EXIT_OK
+
+
+def reduced_keep(reduced: dict[str, Any]) -> set[str]:
+    return {t["name"] for t in reduced["tunables"] if not str(t.get("description", "")).startswith("pinned at")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="knobflow", description="Tune software environments with Airflow, Ansible and Optuna."
@@ -1109,6 +1215,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--output", help="JSON file to write (default: standard output)")
     k.add_argument("--force", action="store_true", help="overwrite the output file")
     k.set_defaults(func=cmd_kruize_export)
+
+    p = sub.add_parser("select", help="rank tunables by importance and write a reduced experiment file")
+    p.add_argument("file", help="the experiment file")
+    p.add_argument("--top", type=int, default=5, help="how many tunables to keep tuning (default 5)")
+    p.add_argument("--from", dest="source", metavar="NAME", help="rank from this experiment's trials (a screening run)")
+    p.add_argument("--evaluator", choices=["gp", "fanova", "ped-anova"], default="gp")
+    p.add_argument("--bootstrap", type=int, default=30, help="resamples that measure the ranking's uncertainty")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--screen", action="store_true", help="only plan a screening run (write its experiment file)")
+    p.add_argument("--screen-trials", type=int, help="the screening run's budget (default max(24, 1.5 x tunables))")
+    p.add_argument("-o", "--output", help="the reduced file (default: FILE-top<K>.yaml next to FILE)")
+    p.add_argument("--storage", help="storage URL (default: the file's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_select)
     return parser
 
 

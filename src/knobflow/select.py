@@ -41,10 +41,12 @@ class SelectError(ValueError):
 @dataclass
 class Ranking:
     name: str
-    importance: float  # mean over bootstrap resamples (normalised to sum to 1 per resample)
+    importance: float  # median over bootstrap resamples (each normalised to sum to 1)
     sd: float
     top_k_share: float  # fraction of resamples in which the tunable is in the top k
     ranked: bool = True  # False for conditional tunables (not active in every trial): not ranked
+    low: float = math.nan  # 10th percentile over the resamples
+    high: float = math.nan  # 90th percentile
 
 
 def min_trials(n_tunables: int) -> int:
@@ -145,7 +147,14 @@ def rank(
         for j in np.argsort(-row)[:k]:
             tops[j] += 1
     out = [
-        Ranking(n, float(matrix[:, j].mean()), float(matrix[:, j].std()), float(tops[j] / len(matrix)))
+        Ranking(
+            n,
+            float(np.median(matrix[:, j])),
+            float(matrix[:, j].std()),
+            float(tops[j] / len(matrix)),
+            low=float(np.percentile(matrix[:, j], 10)),
+            high=float(np.percentile(matrix[:, j], 90)),
+        )
         for j, n in enumerate(common)
     ]
     out.sort(key=lambda r: (-r.importance, r.name))
