@@ -5,9 +5,10 @@ The policy (justified by benchmarks/sample_efficiency; see docs/performance.md):
 
 1. **Baseline first.** Trial 0 is the configuration running today (every tuner gets this from the
    store), so the gain is always measured against it.
-2. **A small space-filling start** (``n_init`` trials, default 4): each is the configuration,
-   out of several hundred feasible random draws, farthest from everything measured so far (maximin
-   over the mixed distance below). It respects conditions and constraints by construction.
+2. **A small random start** (``n_init`` trials, default 4): uniform random feasible
+   configurations (conditions and constraints respected by construction). A maximin start (the
+   draw farthest from everything measured) was tried and was worse in 31 dimensions: it picks the
+   corners of the space, where system knobs are at their worst.
 3. **Model-based phase:** a Gaussian process over a mixed distance (numeric knobs scaled to
    [0, 1], log-scaled where the tunable is; categorical and bool knobs contribute 1 when they
    differ; inactive knobs have their own "inactive" value) with a Matérn-5/2 kernel and one length
@@ -20,7 +21,11 @@ The policy (justified by benchmarks/sample_efficiency; see docs/performance.md):
 4. **Acquisition with local refinement:** log expected improvement over the best posterior mean
    at a measured configuration (a noise-robust incumbent), maximised over feasible, never-measured
    candidates: random draws, perturbations of the best configurations (a few knobs at a time, as in
-   trust-region BO for high dimensions) and a short hill-climb from the best candidates.
+   trust-region BO for high dimensions: about 7 knobs per move, steps of a quarter of the range)
+   and a short hill-climb from the best candidates.
+
+Measured against Optuna's TPE and the other peers in benchmarks/sample_efficiency (the numbers and
+what is still behind are in docs/performance.md).
 
 Multi-objective experiments are delegated to Optuna's multivariate TPE. The tuner keeps no state:
 everything it needs is recomputed from the study's trials, so resumed experiments propose what an
@@ -44,7 +49,9 @@ from knobflow.space import Space, snap
 from knobflow.tuners.base import Proposal
 
 SQRT5 = math.sqrt(5.0)
-CAT_SHIFT = float(__import__("os").environ.get("KF_CAT_SHIFT", "1.5"))
+PERTURB_P = 0.15  # moves change a geometric number of knobs, 6.7 on average (tried: 0.4, 2.5 on average)
+PERTURB_SCALE = 0.25  # numeric steps: Gaussian, sd 0.25 of the range (tried: 0.15)
+CAT_SHIFT = 1.5  # categorical knobs: a prior length scale e^1.5 times shorter
 DEFAULT_OPTIONS: dict[str, Any] = {"n_init": 4, "candidates": 768, "perturbations": 96, "top": 6}
 
 
@@ -244,6 +251,9 @@ class AutoTuner:
     options: dict[str, Any] = field(default_factory=dict)
     name: str = "auto"
     repeats_configurations: bool = False
+    # Start with uniform random draws. Maximin draws (the most distant of 512) were worse in 31
+    # dimensions: they pick corners of the space, where system knobs are at their worst.
+    maximin: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.options) - set(DEFAULT_OPTIONS))
@@ -317,7 +327,7 @@ class AutoTuner:
         reps_u = np.repeat(u0, n, axis=0)
         reps_c = np.repeat(c0, n, axis=0)
         m = reps_u.shape[0]
-        k = np.minimum(rng.geometric(0.4, size=m), d)
+        k = np.minimum(rng.geometric(PERTURB_P, size=m), d)  # about 1 / PERTURB_P knobs per move
         order = np.argsort(rng.random((m, d)), axis=1)
         chosen = order < k[:, None]  # k random dimensions per row
         if dn:
@@ -377,9 +387,9 @@ class AutoTuner:
         self, space: Space, enc: Encoder, configs: list[dict[str, Any]], rng: np.random.Generator, reject: Any
     ) -> Proposal | None:
         u, c = self._random_rows(enc, rng, 512)
-        if not configs:
+        if not configs or not self.maximin:
             scores = np.asarray(rng.random(u.shape[0]))
-            return self._pick(enc, u, c, scores, lambda cs: np.arange(len(cs), 0, -1.0), reject, "auto/space-filling")
+            return self._pick(enc, u, c, scores, lambda cs: np.arange(len(cs), 0, -1.0), reject, "auto/start")
         uo, co = enc.encode(configs)
 
         def mindist(cu: np.ndarray, cc: np.ndarray) -> np.ndarray:
@@ -388,7 +398,7 @@ class AutoTuner:
         def exact(cands: list[dict[str, Any]]) -> np.ndarray:
             return mindist(*enc.encode(cands))
 
-        return self._pick(enc, u, c, mindist(u, c), exact, reject, "auto/space-filling")
+        return self._pick(enc, u, c, mindist(u, c), exact, reject, "auto/start")
 
     def _maximise_ei(
         self,
@@ -409,7 +419,7 @@ class AutoTuner:
 
         ru, rc = self._random_rows(enc, rng, self.opts["candidates"])
         order = np.argsort(-mean_obs)[: self.opts["top"]]
-        pu, pc = self._perturb_rows(enc, u[order], c[order], rng, self.opts["perturbations"], 0.15)
+        pu, pc = self._perturb_rows(enc, u[order], c[order], rng, self.opts["perturbations"], PERTURB_SCALE)
         cu, cc = np.vstack([ru, pu]), np.vstack([rc, pc])
         scores = score(cu, cc)
         for scale in (0.08, 0.03):  # a short hill-climb from the best candidates

@@ -19,7 +19,7 @@ def describe() -> dict[str, str]:
 
     out = {
         "identity": "the baseline only: every trial runs the defaults (noise measurement, a do-nothing peer)",
-        "auto": "the default: baseline, a space-filling start, then a Gaussian process over the mixed space with "
+        "auto": "the default: baseline, a random start, then a Gaussian process over the mixed space with "
         "expected improvement and local refinement of the best configurations (TPE for several objectives)",
     }
     for name, spec in SAMPLERS.items():
