@@ -52,7 +52,7 @@ def test_ranking_finds_the_important_knobs_with_uncertainty(evaluator: str) -> N
 
 def test_too_few_trials_asks_for_a_screening() -> None:
     space, trials = _screen(10)
-    with pytest.raises(select.SelectError, match="needs at least 24"):
+    with pytest.raises(select.SelectError, match="needs at least 16"):
         select.rank(trials, maximize=True, names=space.names, k=3)
 
 
