@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from knobflow.space import Space
 from knobflow.tuners.base import MAX_ATTEMPTS, Proposal, suggest
 
+MAX_GRID_POINTS = 1_000_000
 Factory = Callable[[int | None, dict[str, Any], dict[str, BaseDistribution]], optuna.samplers.BaseSampler]
 
 
@@ -90,6 +91,13 @@ def _grid(
     if points < 2:
         raise ValueError("grid option points must be at least 2")
     space = {name: grid_values(d, points) for name, d in distributions.items()}
+    size = math.prod(len(v) for v in space.values())
+    if size > MAX_GRID_POINTS:
+        # Optuna's GridSampler materialises every point in memory: refuse rather than exhaust it.
+        raise ValueError(
+            f"the grid has {size:.3g} points (more than {MAX_GRID_POINTS:,}); lower the points option, "
+            "pin tunables (knobflow select), or use another tuner"
+        )
     return optuna.samplers.GridSampler(space, seed=seed, **opts)
 
 

@@ -1,0 +1,1 @@
+"""knobflow's benchmarks (a package so that tests can import the problems and the simulator)."""

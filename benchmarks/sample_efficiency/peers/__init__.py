@@ -1,0 +1,1 @@
+"""Tuners from outside knobflow, run through knobflow's proposal path as peers for comparison."""

@@ -1,0 +1,245 @@
+"""Runs: one tuner on one problem with one seed for a number of trials, exactly as knobflow runs an
+experiment (baseline first, proposals through :func:`knobflow.tuners.base.ask`), cached as JSON lines.
+
+A run's record keeps, per trial, the measured and the true value (None when the configuration
+failed), the time the proposal took, who proposed it and whether the configuration broke the space
+(it never should). Records are appended to ``runs.jsonl`` by the parent process as workers finish,
+and a run already in the file (same problem, tuner, seed, trials and code fingerprint) is not run
+again, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import multiprocessing
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from benchmarks.sample_efficiency import problems
+from benchmarks.sample_efficiency.problem import noise_rng
+from knobflow.tuners import base, registry
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PEERS = ("smac",)
+# The tuners a benchmark runs when none are named: knobflow's single-objective tuners worth
+# comparing (grid, qmc, nsga2 and identity are left out) and the peers.
+DEFAULT_TUNERS = ("random", "tpe", "tpe-univariate", "cmaes", "gp", "auto", "smac")
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Task:
+    problem: str
+    tuner: str
+    seed: int
+    trials: int
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.problem, self.tuner, self.seed, self.trials)
+
+
+def tuner_unavailable(name: str) -> str | None:
+    """Why tuner ``name`` cannot run here, or None."""
+    if name == "smac":
+        from benchmarks.sample_efficiency.peers.smac import available
+
+        return available()
+    if name not in registry.names():
+        return f"not a knobflow tuner here (known: {', '.join(registry.names())})"
+    if name == "auto":
+        return None if importlib.util.find_spec("knobflow.tuners.auto") is not None else "knobflow.tuners.auto missing"
+    from knobflow.tuners.optuna import SAMPLERS, missing_modules
+
+    if name not in SAMPLERS:  # identity
+        return None
+
+    missing = missing_modules(name)
+    return f"needs {', '.join(missing)}" if missing else None
+
+
+def default_tuners() -> list[str]:
+    """The default tuners that can run here (``auto`` appears once the registry lists it)."""
+    return [t for t in DEFAULT_TUNERS if tuner_unavailable(t) is None]
+
+
+def make_tuner(name: str, seed: int, space: Any, trials: int) -> Any:
+    """A knobflow tuner from the registry, or a peer."""
+    if name == "smac":
+        from benchmarks.sample_efficiency.peers.smac import SmacPeer
+
+        return SmacPeer(space=space, seed=seed, n_trials=trials)
+    return registry.create(name, seed=seed, defaults=space.defaults())
+
+
+def fingerprint(tuner: str, problem: str) -> str:
+    """A digest of the code a run's result depends on: the tuner's sources, knobflow's proposal path,
+    Optuna's version and the problem's version. A cached run with another fingerprint is stale."""
+    src = REPO / "src" / "knobflow"
+    files = [src / "space.py", src / "tuners" / "base.py", src / "tuners" / "optuna.py", src / "tuners" / "registry.py"]
+    if tuner == "auto":
+        files.append(src / "tuners" / "auto.py")
+    if tuner == "smac":
+        files.append(HERE / "peers" / "smac.py")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes() if f.exists() else b"")
+    h.update(importlib.metadata.version("optuna").encode())
+    if tuner == "smac":
+        h.update(importlib.metadata.version("smac").encode())
+    h.update(f"{problems.get(problem).version}:{RECORD_VERSION}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_one(task: Task) -> dict[str, Any]:
+    """One run, as knobflow runs an experiment: the defaults as trial 0, then ``trials - 1`` proposals."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    problem = problems.get(task.problem)
+    space = problem.space
+    study = optuna.create_study(
+        storage=optuna.storages.InMemoryStorage(), direction="maximize" if problem.maximize else "minimize"
+    )
+    study.enqueue_trial(space.defaults(), user_attrs={"baseline": True})
+    tuner = make_tuner(task.tuner, task.seed, space, task.trials)
+    noisy: list[float | None] = []
+    true: list[float | None] = []
+    ask_s: list[float] = []
+    sources: list[str] = []
+    broken: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        for _ in range(task.trials):
+            t0 = time.perf_counter()
+            trial = base.ask(tuner, study, space, seed=task.seed)
+            ask_s.append(time.perf_counter() - t0)
+            params = dict(trial.params)
+            wrong = space.problems(params)
+            if wrong:
+                broken.append({"trial": trial.number, "problems": wrong})
+            y, f = problem.evaluate(params, noise_rng(task.problem, task.seed, trial.number))
+            base.tell(study, trial.number, TrialState.COMPLETE if y is not None else TrialState.FAIL, y)
+            noisy.append(y)
+            true.append(f)
+            sources.append(str(trial.user_attrs.get("proposed_by", "baseline" if trial.number == 0 else "")))
+    finally:
+        close = getattr(tuner, "close", None)
+        if close is not None:
+            close()
+    return {
+        "problem": task.problem,
+        "tuner": task.tuner,
+        "seed": task.seed,
+        "trials": task.trials,
+        "fingerprint": fingerprint(task.tuner, task.problem),
+        "noisy": noisy,
+        "true": true,
+        "ask_s": [round(s, 5) for s in ask_s],
+        "sources": sources,
+        "broken": broken,
+        "rejections": getattr(tuner, "rejections", None),
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+
+
+# Cache ------------------------------------------------------------------------------------------------
+def load(path: Path) -> list[dict[str, Any]]:
+    """Every record of a runs.jsonl (a partly written last line, from a killed run, is skipped)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def current(records: Iterable[dict[str, Any]], tasks: Iterable[Task]) -> dict[tuple[str, str, int, int], dict]:
+    """The cached record of each task, if it has one with the current fingerprint (the last one wins)."""
+    wanted = {t.key: t for t in tasks}
+    prints: dict[tuple[str, str], str] = {}
+    out: dict[tuple[str, str, int, int], dict] = {}
+    for r in records:
+        key = (r["problem"], r["tuner"], r["seed"], r["trials"])
+        if key not in wanted:
+            continue
+        pk = (r["tuner"], r["problem"])
+        if pk not in prints:
+            prints[pk] = fingerprint(*pk)
+        if r.get("fingerprint") == prints[pk]:
+            out[key] = r
+    return out
+
+
+def _worker_init() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _run_safely(task: Task) -> dict[str, Any]:
+    """``run_one``, an exception becoming a record with ``error`` (reported, never cached)."""
+    try:
+        return run_one(task)
+    except Exception:
+        return {**task.__dict__, "error": traceback.format_exc()}
+
+
+def run_all(
+    tasks: list[Task],
+    results: Path,
+    *,
+    jobs: int = 2,
+    fresh: bool = False,
+    progress: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every task not already cached in ``results/runs.jsonl`` on ``jobs`` processes; return the
+    records of all tasks."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "runs.jsonl"
+    for name in sorted({t.problem for t in tasks}):
+        problems.get(name).stats()  # computed once here, not by two workers at a time
+    done = {} if fresh else current(load(path), tasks)
+    todo = [t for t in tasks if t.key not in done]
+    errors: list[dict[str, Any]] = []
+    # Slow tuners first, so the two processes finish together.
+    cost = {"smac": 0, "auto": 1, "gp": 2, "tpe": 3}
+    todo.sort(key=lambda t: (cost.get(t.tuner, 9), -t.trials, t.problem, t.seed))
+    if todo:
+        with open(path, "a") as out:
+            if jobs <= 1:
+                iterator: Iterable[dict[str, Any]] = map(_run_safely, todo)
+                pool = None
+            else:
+                ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+                pool = ctx.Pool(processes=jobs, initializer=_worker_init)
+                iterator = pool.imap_unordered(_run_safely, todo)
+            try:
+                for i, record in enumerate(iterator, start=1):
+                    if "error" in record:
+                        errors.append(record)
+                        print(f"FAILED {record['problem']} {record['tuner']} seed {record['seed']}:\n{record['error']}")
+                        continue
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
+                    done[(record["problem"], record["tuner"], record["seed"], record["trials"])] = record
+                    if progress is not None:
+                        progress(record, i, len(todo))
+            finally:
+                if pool is not None:
+                    pool.close()
+                    pool.join()
+    return [done[t.key] for t in tasks if t.key in done]
