@@ -73,6 +73,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--plot", type=Path, help="where to write the plot (the full tier: docs/images/...)")
     ap.add_argument("--no-plot", action="store_true", help="no plot")
     ap.add_argument("--fresh", action="store_true", help="re-run runs found in the cache")
+    ap.add_argument("--report-only", action="store_true", help="summarise the cached runs; run nothing")
     ap.add_argument("--list", action="store_true", help="list problems and tuners with their availability")
     return ap.parse_args(argv)
 
@@ -119,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    records = runner.run_all(tasks, out, jobs=args.jobs, fresh=args.fresh, progress=progress)
+    records = runner.run_all(
+        tasks, out, jobs=args.jobs, fresh=args.fresh, run_missing=not args.report_only, progress=progress
+    )
+    if len(records) < len(tasks):
+        print(f"{len(tasks) - len(records)} of {len(tasks)} runs are not in the cache: summarising the others")
+    if not records:
+        return 2
     summary = report.summarise(records)
     summary["settings"] = {"problems": chosen_problems, "tuners": tuners, "seeds": seeds, "trials": trials}
     table = report.markdown(summary)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import multiprocessing
 import os
@@ -85,21 +86,39 @@ def make_tuner(name: str, seed: int, space: Any, trials: int) -> Any:
     return registry.create(name, seed=seed, defaults=space.defaults())
 
 
-def fingerprint(tuner: str, problem: str) -> str:
-    """A digest of the code a run's result depends on: the tuner's sources, knobflow's proposal path,
-    Optuna's version and the problem's version. A cached run with another fingerprint is stale."""
-    src = REPO / "src" / "knobflow"
-    files = [src / "space.py", src / "tuners" / "base.py", src / "tuners" / "optuna.py", src / "tuners" / "registry.py"]
+def _tuner_sources(tuner: str) -> list[str]:
+    """The source a tuner's proposals depend on: knobflow's proposal path and space, and the tuner's
+    own code (for Optuna-backed tuners, the wrapper and that sampler's factory, not the others')."""
+    from knobflow import space as space_module
+    from knobflow.tuners import optuna as kopt
+
+    parts = [inspect.getsource(base), inspect.getsource(space_module)]
     if tuner == "auto":
-        files.append(src / "tuners" / "auto.py")
-    if tuner == "smac":
-        files.append(HERE / "peers" / "smac.py")
+        parts.append((REPO / "src" / "knobflow" / "tuners" / "auto.py").read_text())
+    elif tuner == "smac":
+        parts.append((HERE / "peers" / "smac.py").read_text())
+    elif tuner in kopt.SAMPLERS:
+        spec = kopt.SAMPLERS[tuner]
+        parts += [inspect.getsource(kopt.OptunaTuner), inspect.getsource(kopt._shadow)]
+        parts += [inspect.getsource(kopt._derive_seed), inspect.getsource(spec.factory), repr(spec.reseed)]
+    else:
+        parts.append(inspect.getsource(kopt.IdentityTuner))
+    return parts
+
+
+def fingerprint(tuner: str, problem: str) -> str:
+    """A digest of what a run's result depends on: the tuner's code (:func:`_tuner_sources`), Optuna's
+    (and SMAC's) version and the problem's version. A cached run with another fingerprint is stale;
+    a change to another tuner's code (say, the grid sampler's) leaves it current."""
     h = hashlib.sha256()
-    for f in files:
-        h.update(f.read_bytes() if f.exists() else b"")
+    for part in _tuner_sources(tuner):
+        h.update(part.encode())
     h.update(importlib.metadata.version("optuna").encode())
     if tuner == "smac":
-        h.update(importlib.metadata.version("smac").encode())
+        try:
+            h.update(importlib.metadata.version("smac").encode())
+        except importlib.metadata.PackageNotFoundError:  # not installed: no cached SMAC run is current
+            h.update(b"smac missing")
     h.update(f"{problems.get(problem).version}:{RECORD_VERSION}".encode())
     return h.hexdigest()[:16]
 
@@ -204,16 +223,17 @@ def run_all(
     *,
     jobs: int = 2,
     fresh: bool = False,
+    run_missing: bool = True,
     progress: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every task not already cached in ``results/runs.jsonl`` on ``jobs`` processes; return the
-    records of all tasks."""
+    """Run every task not already cached in ``results/runs.jsonl`` on ``jobs`` processes (none when
+    ``run_missing`` is false); return the records of the tasks that have one."""
     results.mkdir(parents=True, exist_ok=True)
     path = results / "runs.jsonl"
     for name in sorted({t.problem for t in tasks}):
         problems.get(name).stats()  # computed once here, not by two workers at a time
     done = {} if fresh else current(load(path), tasks)
-    todo = [t for t in tasks if t.key not in done]
+    todo = [t for t in tasks if t.key not in done] if run_missing else []
     errors: list[dict[str, Any]] = []
     # Slow tuners first, so the two processes finish together.
     cost = {"smac": 0, "auto": 1, "gp": 2, "tpe": 3}
