@@ -48,7 +48,7 @@ TIERS: dict[str, dict[str, Any]] = {
     "full": {
         "problems": None,  # every problem that can run here
         "seeds": 10,
-        "trials": 100,
+        "trials": 50,
         "tuners": None,  # runner.default_tuners()
         "out": HERE / "results",
         "plot": PLOT,

@@ -188,20 +188,52 @@ def load(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+# Tuners whose proposals depend on the run's budget (SMAC sizes its initial design from it): their
+# runs are only reused for the same number of trials. Every other tuner proposes the same first n
+# configurations whatever the budget, so a longer cached run answers a shorter task.
+BUDGET_AWARE = frozenset({"smac"})
+
+_PER_TRIAL = ("noisy", "true", "ask_s", "sources")
+
+
+def truncated(record: dict[str, Any], trials: int) -> dict[str, Any]:
+    """The first ``trials`` trials of a longer run, as the record of a run of that length."""
+    out = dict(record)
+    for k in _PER_TRIAL:
+        out[k] = record[k][:trials]
+    out["broken"] = [b for b in record["broken"] if b["trial"] < trials]
+    out["trials"] = trials
+    out["truncated_from"] = record["trials"]
+    return out
+
+
 def current(records: Iterable[dict[str, Any]], tasks: Iterable[Task]) -> dict[tuple[str, str, int, int], dict]:
-    """The cached record of each task, if it has one with the current fingerprint (the last one wins)."""
+    """The cached record of each task, if it has one with the current fingerprint (the last one wins;
+    for a tuner not in :data:`BUDGET_AWARE`, the first trials of a longer run when there is no run of
+    the task's length)."""
     wanted = {t.key: t for t in tasks}
     prints: dict[tuple[str, str], str] = {}
-    out: dict[tuple[str, str, int, int], dict] = {}
+    exact: dict[tuple[str, str, int, int], dict] = {}
+    longer: dict[tuple[str, str, int], dict] = {}
     for r in records:
-        key = (r["problem"], r["tuner"], r["seed"], r["trials"])
-        if key not in wanted:
+        if "error" in r:
             continue
         pk = (r["tuner"], r["problem"])
         if pk not in prints:
             prints[pk] = fingerprint(*pk)
-        if r.get("fingerprint") == prints[pk]:
-            out[key] = r
+        if r.get("fingerprint") != prints[pk]:
+            continue
+        exact[(r["problem"], r["tuner"], r["seed"], r["trials"])] = r
+        if r["tuner"] not in BUDGET_AWARE:
+            k3 = (r["problem"], r["tuner"], r["seed"])
+            if k3 not in longer or r["trials"] >= longer[k3]["trials"]:
+                longer[k3] = r
+    out: dict[tuple[str, str, int, int], dict] = {}
+    for key, t in wanted.items():
+        if key in exact:
+            out[key] = exact[key]
+        elif (t.problem, t.tuner, t.seed) in longer and longer[(t.problem, t.tuner, t.seed)]["trials"] > t.trials:
+            out[key] = truncated(longer[(t.problem, t.tuner, t.seed)], t.trials)
     return out
 
 

@@ -173,6 +173,28 @@ def test_smoke_tier_runs_resumes_and_writes_the_table(tmp_path: Path) -> None:
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(records)
 
 
+def test_a_longer_cached_run_answers_a_shorter_task_except_for_budget_aware_tuners() -> None:
+    def record(tuner: str, trials: int, seed: int = 0) -> dict:
+        return {
+            "problem": "jvm-sim", "tuner": tuner, "seed": seed, "trials": trials,
+            "fingerprint": runner.fingerprint(tuner, "jvm-sim"),
+            "noisy": list(range(trials)), "true": list(range(trials)), "ask_s": [0.0] * trials,
+            "sources": ["x"] * trials, "broken": [{"trial": trials - 1, "problems": ["?"]}],
+        }  # fmt: skip
+
+    long_tpe, long_smac = record("tpe", 8), record("smac", 8)
+    stale = {**record("random", 8), "fingerprint": "0" * 16}
+    tasks = [runner.Task("jvm-sim", t, 0, 5) for t in ("tpe", "smac", "random")]
+    got = runner.current([long_tpe, long_smac, stale], tasks)
+    assert list(got) == [("jvm-sim", "tpe", 0, 5)]  # SMAC sizes its start from the budget; stale is stale
+    short = got[("jvm-sim", "tpe", 0, 5)]
+    assert short["trials"] == 5 and short["noisy"] == [0, 1, 2, 3, 4] and short["broken"] == []
+    assert short["truncated_from"] == 8 and long_tpe["trials"] == 8  # the cached record is untouched
+    exact = record("tpe", 5)
+    exact["noisy"] = [9] * 5
+    assert runner.current([long_tpe, exact], tasks[:1])[("jvm-sim", "tpe", 0, 5)]["noisy"] == [9] * 5
+
+
 # No infeasible configuration, whatever the tuner ---------------------------------------------------------
 
 
