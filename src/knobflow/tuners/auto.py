@@ -212,7 +212,7 @@ class GP:
         return k
 
     def _theta(self) -> np.ndarray:
-        parts = [self.log_ls, [self.log_sf2, self.log_sn2]]
+        parts: list[Any] = [self.log_ls, [self.log_sf2, self.log_sn2]]
         if self.additive:
             parts += [self.log_la, [self.log_sa2]]
         return np.concatenate(parts)
@@ -258,7 +258,7 @@ class GP:
         d = self.d
         theta0 = self._theta()
         bounds = [(-4.0, 6.0)] * d + [(-3.0, 3.0), (math.log(1e-6), math.log(1.0))]
-        prior = [self.prior_mu, [0.0, math.log(1e-2)]]
+        prior: list[Any] = [self.prior_mu, [0.0, math.log(1e-2)]]
         if self.additive:
             bounds += [(-4.0, 4.0)] * d + [(-3.0, 3.0)]
             prior += [self.prior_la, [0.0]]
