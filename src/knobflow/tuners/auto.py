@@ -13,13 +13,14 @@ The policy (justified by benchmarks/sample_efficiency; see docs/performance.md):
    [0, 1], log-scaled where the tunable is; categorical and bool knobs contribute 1 when they
    differ; inactive knobs have their own "inactive" value). Its kernel is the sum of a Matérn-5/2
    over all knobs, one length scale per knob, and a first-order additive Matérn-5/2 (the mean of
-   one-knob kernels, Duvenaud et al., 2011): with 10-20 points in 31 dimensions the additive part
-   learns each knob's main effect, which dominates in system tuning, and the full part keeps the
-   interactions. Adding it moved auto's average rank at 20 trials from 2.00 to 1.68 against TPE
-   and random (10 problems x 6 seeds). The full kernel's length scales get a log-normal prior
-   that grows with the square root of the dimension (Hvarfner et al., 2024, "Vanilla Bayesian
-   optimization performs great in high dimensions"); all hyperparameters are fitted by MAP with
-   analytic gradients, so 31 knobs and 20 points do not overfit.
+   one-knob kernels, Duvenaud et al., 2011), meant to capture each knob's main effect while the
+   full part keeps the interactions. Adding it moved auto's average rank at 20 trials from 2.00 to
+   1.68 against TPE and random (10 problems x 6 seeds); why is not settled (docs/performance.md:
+   on a synthetic main-effects function it did not predict better). The full kernel's length
+   scales get a log-normal prior that grows with the square root of the dimension (Hvarfner et
+   al., 2024, "Vanilla Bayesian optimization performs great in high dimensions"); all
+   hyperparameters are fitted by MAP with analytic gradients, so 31 knobs and 20 points do not
+   overfit.
    Values are rank-transformed to a Gaussian (Salinas et al., 2020), which makes the model robust to
    heavy tails, crashes and noise levels that differ from one benchmark to another. Failed trials
    and SLO-infeasible ones are given the worst rank, so the model steers away from failure regions.
@@ -147,8 +148,7 @@ class GP:
 
     The kernel is a Matérn-5/2 over all knobs with one length scale each, plus, when ``additive``,
     a first-order additive Matérn-5/2 (the mean of one-knob kernels, with their own length scales
-    and amplitude; Duvenaud et al., 2011). The additive part generalises from few points when main
-    effects dominate, as they do for most system knobs; the full part keeps the interactions.
+    and amplitude; Duvenaud et al., 2011).
     """
 
     d: int
