@@ -10,6 +10,7 @@ again, so an interrupted benchmark resumes where it stopped.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -17,6 +18,7 @@ import inspect
 import json
 import multiprocessing
 import os
+import textwrap
 import time
 import traceback
 import warnings
@@ -37,7 +39,8 @@ REPO = HERE.parents[1]
 PEERS = ("smac",)
 # The tuners a benchmark runs when none are named: knobflow's single-objective tuners worth
 # comparing (grid, qmc, nsga2 and identity are left out) and the peers.
-DEFAULT_TUNERS = ("random", "tpe", "tpe-univariate", "cmaes", "gp", "auto", "smac")
+DEFAULT_TUNERS = ("random", "tpe", "tpe-univariate", "cmaes", "gp", "auto", "hybrid", "smac")
+ONLINE_TUNERS = ("hybrid", "bluefin", "exp_weights", "autoscope")  # knobflow.tuners.online_adapter
 RECORD_VERSION = 1
 
 
@@ -63,6 +66,8 @@ def tuner_unavailable(name: str) -> str | None:
         return f"not a knobflow tuner here (known: {', '.join(registry.names())})"
     if name == "auto":
         return None if importlib.util.find_spec("knobflow.tuners.auto") is not None else "knobflow.tuners.auto missing"
+    if name in ONLINE_TUNERS:  # no extra packages
+        return None
     from knobflow.tuners.optuna import SAMPLERS, missing_modules
 
     if name not in SAMPLERS:  # identity
@@ -97,6 +102,10 @@ def _tuner_sources(tuner: str) -> list[str]:
         parts.append((REPO / "src" / "knobflow" / "tuners" / "auto.py").read_text())
     elif tuner == "smac":
         parts.append((HERE / "peers" / "smac.py").read_text())
+    elif tuner in ONLINE_TUNERS:  # the adapter and the whole online library
+        tuners_dir = REPO / "src" / "knobflow" / "tuners"
+        parts.append((tuners_dir / "online_adapter.py").read_text())
+        parts += [p.read_text() for p in sorted((tuners_dir / "online").glob("*.py"))]
     elif tuner in kopt.SAMPLERS:
         spec = kopt.SAMPLERS[tuner]
         parts += [inspect.getsource(kopt.OptunaTuner), inspect.getsource(kopt._shadow)]
@@ -106,13 +115,59 @@ def _tuner_sources(tuner: str) -> list[str]:
     return parts
 
 
+class _Meaning(ast.NodeTransformer):
+    """Strips what cannot change what code does: docstrings and type annotations (the code runs
+    with ``from __future__ import annotations``, so they are never evaluated). A ``ClassVar``
+    annotation is kept: it decides whether a dataclass attribute is a field."""
+
+    def _body(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        first = body[0] if body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_Module = visit_ClassDef = _body
+
+    depth = 0  # how many functions the visitor is inside
+
+    def visit_FunctionDef(self, node: Any) -> Any:
+        node.returns = None
+        for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs, node.args.vararg, node.args.kwarg]:
+            if a is not None:
+                a.annotation = None
+        self.depth += 1
+        try:
+            return self._body(node)
+        finally:
+            self.depth -= 1
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
+        self.generic_visit(node)
+        if self.depth and node.value is not None:  # in a function, ``x: T = v`` is ``x = v``
+            return ast.Assign([node.target], node.value, lineno=node.lineno)
+        if "ClassVar" not in ast.dump(node.annotation):  # in a class body it may declare a field
+            node.annotation = ast.Name("_", ast.Load())
+        return node
+
+
+def meaning(source: str) -> str:
+    """The source without docstrings, comments, formatting and type annotations (:class:`_Meaning`):
+    what a cache fingerprint should depend on, so that a docstring or a type hint does not make
+    hours of benchmark runs stale."""
+    return ast.dump(_Meaning().visit(ast.parse(textwrap.dedent(source))))
+
+
 def fingerprint(tuner: str, problem: str) -> str:
     """A digest of what a run's result depends on: the tuner's code (:func:`_tuner_sources`), Optuna's
     (and SMAC's) version and the problem's version. A cached run with another fingerprint is stale;
     a change to another tuner's code (say, the grid sampler's) leaves it current."""
     h = hashlib.sha256()
     for part in _tuner_sources(tuner):
-        h.update(part.encode())
+        h.update(meaning(part).encode())
     h.update(importlib.metadata.version("optuna").encode())
     if tuner == "smac":
         try:

@@ -195,6 +195,41 @@ def test_a_longer_cached_run_answers_a_shorter_task_except_for_budget_aware_tune
     assert runner.current([long_tpe, exact], tasks[:1])[("jvm-sim", "tpe", 0, 5)]["noisy"] == [9] * 5
 
 
+def test_the_cache_fingerprint_ignores_docstrings_and_type_hints_but_not_code() -> None:
+    """A docstring or a type hint must not make hours of cached runs stale; any change to what the
+    code does must."""
+    src = """
+@dataclass
+class T:
+    \"\"\"Doc.\"\"\"
+    d: int
+    k: ClassVar[int] = 3
+
+    def f(self, x: int) -> list[int]:
+        \"\"\"What f does.\"\"\"
+        parts = [x, 1]  # a comment
+        return parts
+"""
+    same = """
+@dataclass
+class T:
+    d: float
+    k: ClassVar[int] = 3
+
+    def f(self, x):
+        parts: list[Any] = [x, 1]
+        return parts
+"""
+    assert runner.meaning(src) == runner.meaning(same)
+    for changed in (
+        same.replace("[x, 1]", "[x, 2]"),
+        same.replace("    d: float\n", ""),  # a dataclass field is code
+        same.replace("k: ClassVar[int] = 3", "k: int = 3"),  # a ClassVar is not a field
+        "    " + same.replace("\n", "\n    "),  # indentation is not meaning: same
+    ):
+        assert (runner.meaning(changed) == runner.meaning(src)) is changed.startswith("    "), changed
+
+
 # No infeasible configuration, whatever the tuner ---------------------------------------------------------
 
 

@@ -435,23 +435,31 @@ class AutoTuner:
         reject: Any,
         source: str,
         top: int = 64,
+        scan: int = 4096,
     ) -> Proposal | None:
+        """The best of the ``top`` best-scored candidates that knobflow accepts, re-scored exactly
+        after snapping. Candidates it would refuse (a constraint broken, already measured) are
+        skipped on the way down the ranking, so they do not take the places of acceptable ones:
+        near an incumbent on a constraint's boundary most of the best-scored candidates break it,
+        and with only the first 64 checked, 7% of auto's proposals on the constrained simulator
+        fell back to random configurations."""
         seen: set[tuple[Any, ...]] = set()
         cands: list[dict[str, Any]] = []
-        for i in np.argsort(-scores):
+        for i in np.argsort(-scores)[:scan]:
             cfg = self._decode(enc, u[i], c[i])
             key = tuple(sorted((k, repr(v)) for k, v in cfg.items()))
             if key in seen:
                 continue
             seen.add(key)
+            if reject(cfg) is not None:
+                continue
             cands.append(cfg)
             if len(cands) >= top:
                 break
+        if not cands:
+            return None
         exact = score_exact(cands)
-        for i in np.argsort(-exact):
-            if reject(cands[int(i)]) is None:
-                return Proposal(cands[int(i)], source=source)
-        return None
+        return Proposal(cands[int(np.argmax(exact))], source=source)
 
     def _space_filling(
         self, space: Space, enc: Encoder, configs: list[dict[str, Any]], rng: np.random.Generator, reject: Any
