@@ -1,4 +1,5 @@
-"""The ``knobflow`` command line: validate | run | list | show | best | export | import | delete | kruize.
+"""The ``knobflow`` command line: validate | run | round | resume | list | show | best | export | import |
+delete | kruize | select.
 
 ``run`` drives the experiment's Airflow DAG in-process with ``dag.test()`` on an embedded SQLite
 metadata database under ``$KNOBFLOW_HOME/airflow``; the tuning itself happens in
@@ -225,6 +226,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except spec.SpecError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID
+    if exp.model.mode == "continuous":
+        print(
+            f"knobflow run: {exp.name} is a continuous experiment (mode: continuous): "
+            f"run one round with `knobflow round {args.file}`",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     home = _paths.knobflow_home()
     env = _airflow_env(home)
     os.environ.update(env)
@@ -308,6 +316,73 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
             return EXIT_OK  # failed trials below max_failed are results, not a failed experiment
         print(f"the Airflow run did not succeed (failed tasks: {sorted(set(failed))}); see {run_log}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Continuous tuning: round / resume
+
+
+def cmd_round(args: argparse.Namespace) -> int:
+    from knobflow import continuous, spec
+    from knobflow.store import StoreError
+
+    try:
+        exp = spec.load(args.file)
+    except spec.SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    if exp.model.mode != "continuous":
+        print(f"knobflow round: {exp.name} is not continuous (give it mode: continuous)", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        with _experiment_lock(_paths.knobflow_home(), exp.name):
+            report = continuous.run_round(exp)
+    except (RuntimeError, StoreError) as exc:
+        print(f"knobflow round: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        _print_round(report)
+    return EXIT_FAILED if report.action == "busy" else EXIT_OK
+
+
+def _print_round(r: Any) -> None:
+    if r.action in ("paused", "busy"):
+        print(f"experiment {r.experiment}: {r.action}" + (f" ({r.failed})" if r.failed else ""))
+    else:
+        what = {"baseline": "measured the baseline", "predicted": "predicted", "re-applied": "re-applied"}[r.action]
+        if r.action == "re-applied":
+            what += " the pending configuration of a round that did not finish"
+        print(f"experiment {r.experiment}, round {r.round}: {what}")
+        print(f"  config: {_fmt_params(r.config or {})}")
+        if r.clamped:
+            print(f"  clamped by max_step: {', '.join(r.clamped)}")
+        trial = f"trial {r.trial}: " if r.trial is not None else ""
+        if r.failed:
+            print(f"  {trial}failed: {r.failed}")
+        else:
+            print(f"  {trial}value = {_fmt_value(r.value)}")
+        if r.reward is not None:
+            print(f"  reward = {r.reward:.4g}")
+    for g in r.guardrails:
+        print(f"  guardrail: {g}")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from knobflow import continuous
+    from knobflow.store import StoreError
+
+    name, store = _named_store(args)
+    if store is None:
+        return _no_store(args, "resume", name)
+    try:
+        was = continuous.resume(store, name)
+    except (StoreError, ValueError) as exc:
+        print(f"knobflow resume: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"experiment {name}: " + ("resumed; the next round tunes again" if was else "was not paused"))
     return EXIT_OK
 
 
@@ -656,6 +731,12 @@ def _describe_tunable(t: dict[str, Any]) -> str:
     return f"{t.get('name')} ({t.get('layer')}, {kind} {domain}, default {t.get('default')!r}){when}"
 
 
+def _continuous_state(study: Any) -> dict[str, Any] | None:
+    """A continuous experiment's round bookkeeping, without the learner's internal state."""
+    doc = study.user_attrs.get("continuous")
+    return None if not isinstance(doc, dict) else {k: v for k, v in doc.items() if k != "tuner"}
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from knobflow.store import StoreError
 
@@ -712,6 +793,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             "warm_start": p.warm_start,
         },
         "warm_start": v.study.user_attrs.get("warm_start"),
+        "continuous": _continuous_state(v.study),
         "stop_reason": reason,
         **{k: out[k] for k in ("best", "pareto", "baseline", "gain_pct", "infeasible")},
         "trials": trials,
@@ -1052,24 +1134,30 @@ def cmd_select(args: argparse.Namespace) -> int:
     if exp.multi_objective:
         print("knobflow select: ranking needs a single objective (this experiment has several)", file=sys.stderr)
         return EXIT_INVALID
+    if args.top is None:
+        args.top = min(select.DEFAULT_TOP, len(exp.tunables))
     if args.top < 1 or args.top > len(exp.tunables):
         print(f"knobflow select: --top must be between 1 and {len(exp.tunables)}", file=sys.stderr)
         return EXIT_INVALID
 
     def plan_screening(reason: str) -> int:
         out = Path(f"{stem}-screening.yaml")
-        screening = select.screening_file(data, trials=args.screen_trials)
-        if not out.exists():
+        screening = select.screening_file(data, trials=args.screen_trials, design=args.design)
+        kept = ""
+        if out.exists():  # never overwrite: it may have been edited, or be running
+            screening = yaml.safe_load(out.read_text())
+            kept = ", already there: not rewritten"
+        else:
             out.write_text(f"# Written by knobflow select: {reason}\n" + select.dump(screening))
         print(
             f"{reason}\nscreening run planned: {out} ({screening['budget']['trials']} trials, tuner "
-            f"{screening['tuner']['name']}). Run it, then rank from it:\n"
+            f"{screening['tuner']['name']}{kept}). Run it, then rank from it:\n"
             f"  knobflow run {out}\n  knobflow select {args.file} --from {screening['name']} --top {args.top}"
         )
         return EXIT_OK if args.screen else EXIT_FAILED
 
     if args.screen:
-        return plan_screening("a screening run explores the whole space evenly, which a ranking needs")
+        return plan_screening("a screening run explores the whole space, which a ranking needs")
     source = args.source or exp.name
     args.storage = args.storage or exp.storage_url()
     store = _store_for(args)
@@ -1080,13 +1168,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     except StoreError as exc:
         return plan_screening(f"knobflow select: {exc}")
     names = [t.name for t in exp.tunables]
+    evaluator = args.evaluator or select.default_evaluator(trials)
     try:
         ranking = select.rank(
             trials,
             maximize=exp.maximize,
             names=names,
             k=args.top,
-            evaluator=args.evaluator,
+            evaluator=evaluator,
             bootstrap=args.bootstrap,
             seed=args.seed,
         )
@@ -1096,12 +1185,17 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(f"knobflow select: {exc}", file=sys.stderr)
         return EXIT_INVALID
     keep = [r.name for r in ranking if r.ranked][: args.top]
-    reduced = select.reduce(data, keep)
+    best = select.best_params(trials, maximize=exp.maximize) if args.pin == "best" else None
+    pin = select.pin_values(exp.space(), keep, best) if best is not None else None
+    reduced = select.reduce(data, keep, pin=pin)
+    pinned_at = "the values of the best trial" if pin is not None else "their defaults"
     out = Path(args.output) if args.output else Path(f"{stem}-top{args.top}.yaml")
+    dropped = [n for n in names if n not in {t["name"] for t in reduced["tunables"]}]
+    left_out = f" Left out (inactive for good under the pinned values): {', '.join(dropped)}." if dropped else ""
     header = (
         f"# Written by knobflow select from experiment {source!r} ({len(select.usable_trials(trials))} trials, "
-        f"{args.evaluator} importance, {args.bootstrap} bootstrap resamples): the top {args.top} tunables are "
-        "tuned, the others pinned at their defaults.\n"
+        f"{evaluator} importance, {args.bootstrap} bootstrap resamples): the top {args.top} tunables are "
+        f"tuned, the others pinned at {pinned_at}.{left_out}\n"
     )
     out.write_text(header + select.dump(reduced))
     spec.load(out)  # the reduced file must be valid; a bug here should fail loudly, not later
@@ -1114,26 +1208,34 @@ def cmd_select(args: argparse.Namespace) -> int:
                 "top_k_share": r.top_k_share,
                 "ranked": r.ranked,
                 "kept": r.name in reduced_keep(reduced),
+                "dropped": r.name in dropped,
+                **({"sigma": r.sigma, "effects": r.effects} if evaluator == "morris" else {}),
             }
             for r in ranking
         ]
-        print(json.dumps({"source": source, "evaluator": args.evaluator, "ranking": rows, "file": str(out)}, indent=2))
+        doc = {"source": source, "evaluator": evaluator, "ranking": rows, "file": str(out), "pinned_at": args.pin}
+        print(json.dumps(doc, indent=2))
         return EXIT_OK
     kept = reduced_keep(reduced)
+    morris = evaluator == "morris"
     print(
         f"importance of {len(names)} tunables from {len(select.usable_trials(trials))} trials of {source!r} "
-        f"({args.evaluator}; median and 10-90% range over {args.bootstrap} bootstrap resamples; "
-        f"'in top {args.top}': share of resamples)"
+        f"({evaluator}; median and 10-90% range over {args.bootstrap} bootstrap resamples; "
+        f"'in top {args.top}': share of resamples"
+        + ("; importance is mu*, the mean absolute elementary effect; sigma their spread)" if morris else ")")
     )
-    print(f"{'':2}{'tunable':<32} {'importance':>10} {'range':>15} {'in top ' + str(args.top):>10}")
+    extra = f" {'sigma':>7} {'effects':>7}" if morris else ""
+    print(f"{'':2}{'tunable':<32} {'importance':>10} {'range':>15} {'in top ' + str(args.top):>10}{extra}")
     for r in ranking:
         mark = "* " if r.name in kept else "  "
         if not r.ranked:
-            print(f"{mark}{r.name:<32} {'(conditional: not ranked)':>37}")
+            why = "(no elementary effect: not ranked)" if morris else "(conditional: not ranked)"
+            print(f"{mark}{r.name:<32} {why:>37}")
             continue
         span = f"{r.low:.3f}-{r.high:.3f}"
-        print(f"{mark}{r.name:<32} {r.importance:>10.3f} {span:>15} {100 * r.top_k_share:>9.0f}%")
-    print(f"* tuned in {out} (experiment {reduced['name']!r}); the others are pinned at their defaults")
+        extra = f" {r.sigma:>7.3f} {r.effects:>7d}" if morris else ""
+        print(f"{mark}{r.name:<32} {r.importance:>10.3f} {span:>15} {100 * r.top_k_share:>9.0f}%{extra}")
+    print(f"* tuned in {out} (experiment {reduced['name']!r}); the others are pinned at {pinned_at}{left_out}")
     return EXIT_OK
 
 
@@ -1157,6 +1259,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="total trial budget (raise it to add trials to a finished experiment)")
     p.add_argument("--max-failed", type=int, help="stop after this many failed trials")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("round", help="one round of a continuous experiment (mode: continuous)")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_round)
+
+    p = sub.add_parser("resume", help="clear the pause of a continuous experiment")
+    p.add_argument("name", help="experiment name, or its file")
+    p.add_argument("--storage", help=storage_help)
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("list", help="experiments in the store: trials, objectives, best, status")
     p.add_argument("--storage", help="storage URL (default: $KNOBFLOW_HOME/knobflow.db)")
@@ -1218,13 +1330,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="rank tunables by importance and write a reduced experiment file")
     p.add_argument("file", help="the experiment file")
-    p.add_argument("--top", type=int, default=5, help="how many tunables to keep tuning (default 5)")
+    p.add_argument(
+        "--top", type=int, help="how many tunables to keep tuning (default 8, or every tunable if there are fewer)"
+    )
     p.add_argument("--from", dest="source", metavar="NAME", help="rank from this experiment's trials (a screening run)")
-    p.add_argument("--evaluator", choices=["gp", "fanova", "ped-anova"], default="gp")
+    p.add_argument(
+        "--evaluator",
+        choices=["gp", "fanova", "ped-anova", "morris"],
+        help="importance measure (default: morris for the trials of a morris screening, else gp)",
+    )
     p.add_argument("--bootstrap", type=int, default=30, help="resamples that measure the ranking's uncertainty")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--screen", action="store_true", help="only plan a screening run (write its experiment file)")
-    p.add_argument("--screen-trials", type=int, help="the screening run's budget (default max(24, 1.5 x tunables))")
+    p.add_argument(
+        "--screen-trials", type=int, help="the screening run's budget (default 4 x (tunables + 1), at least 16)"
+    )
+    p.add_argument(
+        "--design",
+        choices=["qmc", "morris"],
+        default="qmc",
+        help="the screening run's tuner: qmc (space-filling, default) or morris (one-at-a-time trajectories)",
+    )
+    p.add_argument(
+        "--pin",
+        choices=["best", "default"],
+        default="best",
+        help="what the tunables not kept are pinned at: their values in the best trial ranked from (default), "
+        "or their defaults",
+    )
     p.add_argument("-o", "--output", help="the reduced file (default: FILE-top<K>.yaml next to FILE)")
     p.add_argument("--storage", help="storage URL (default: the file's)")
     p.add_argument("--json", action="store_true")

@@ -270,6 +270,15 @@ def _run_playbooks(
     return result
 
 
+def apply_configuration(exp: Experiment, params: dict[str, Any], *, label: str) -> bridge.RunResult:
+    """Apply ``params`` to the target with apply.yml, without a benchmark (continuous tuning's restore).
+
+    ``label`` names the log file, ``$KNOBFLOW_HOME/logs/<experiment>/<label>.log``.
+    """
+    log = _paths.knobflow_home() / "logs" / exp.name / f"{label}.log"
+    return _run_on_target(exp, "apply.yml", _extravars(exp, -1, params), log)
+
+
 def run_trial(
     exp: Experiment,
     lim: Limits,
@@ -278,11 +287,16 @@ def run_trial(
     on_label: Callable[[str], None] | None = None,
     on_line: Callable[[str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    stop_rules: bool = True,
 ) -> TrialResult:
-    """Run one trial from ask to tell. Raises :class:`ExperimentStopped` when a stop rule fires."""
+    """Run one trial from ask to tell. Raises :class:`ExperimentStopped` when a stop rule fires.
+
+    ``stop_rules=False`` (continuous tuning, whose rounds have guardrails instead of a budget) skips
+    the budget's stop rules.
+    """
     t_start = time.monotonic()
     store, study = open_study(exp)
-    reason = stop_reason(exp, store, study, lim, running=store.progress(study).running)
+    reason = stop_reason(exp, store, study, lim, running=store.progress(study).running) if stop_rules else None
     if reason:
         raise ExperimentStopped(reason)
     tuner = registry.create(

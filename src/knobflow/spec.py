@@ -134,6 +134,31 @@ class Target(_Model):
     hosts: str = "all"
 
 
+SCHEDULE_PRESETS = ("@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually")
+
+
+class Continuous(_Model):
+    """``mode: continuous``: one round per scheduled run (:mod:`knobflow.continuous`)."""
+
+    schedule: str = "@hourly"  # a cron expression or an Airflow preset
+    max_step: Annotated[float, Field(gt=0, le=1)] = 0.25  # largest move per round, fraction of a range
+    reward_floor: Annotated[float, Field(ge=-1, le=1)] = -0.2  # below it: restore the last good configuration
+    pause_after: Annotated[int, Field(ge=1)] = 3  # consecutive bad rounds before pausing
+
+
+def schedule_problem(schedule: str) -> str | None:
+    """Why ``schedule`` is neither an Airflow preset nor a cron expression, or None."""
+    if schedule.startswith("@"):
+        if schedule in SCHEDULE_PRESETS:
+            return None
+        return f"unknown preset {schedule!r}; use a cron expression or one of {', '.join(SCHEDULE_PRESETS)}"
+    from croniter import croniter
+
+    if len(schedule.split()) != 5 or not croniter.is_valid(schedule):
+        return f"not a cron expression (five fields: minute hour day month weekday) or preset: {schedule!r}"
+    return None
+
+
 class ExperimentModel(_Model):
     name: Annotated[str, Field(pattern=EXPERIMENT_NAME_RE, max_length=100)]
     description: str = ""
@@ -153,6 +178,8 @@ class ExperimentModel(_Model):
     finish: Literal["revert", "best", "keep"] = "revert"
     noise: Noise = Field(default_factory=Noise)
     warm_start: WarmStart | None = None
+    mode: Literal["offline", "continuous"] = "offline"
+    continuous: Continuous | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +214,11 @@ class Experiment:
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def continuous(self) -> Continuous:
+        """The continuous-tuning settings (their defaults when the file gives no block)."""
+        return self.model.continuous or Continuous()
 
     @property
     def tunables(self) -> list[Tunable]:
@@ -541,9 +573,14 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
         if pb is None or not pb.is_file():
             out.append(Problem("benchmark.playbook", f"no such playbook: {pb}"))
 
+    out.extend(_continuous_problems(m))
     if m.tuner.name not in registry.names():
         out.append(Problem("tuner.name", f"unknown tuner {m.tuner.name!r}; known: {', '.join(registry.names())}"))
-    elif space_ok and (why := registry.check(m.tuner.name, m.tuner.options, _distributions(m.tunables))):
+    elif space_ok and (
+        why := registry.check(
+            m.tuner.name, m.tuner.options, _distributions(m.tunables), objectives=len(exp.objective_list)
+        )
+    ):
         out.append(Problem("tuner.options" if why.startswith("options") else "tuner.name", why))
 
     if (
@@ -733,4 +770,25 @@ def _budget_problems(m: ExperimentModel) -> list[Problem]:
                     f"must be a database URL such as sqlite:///path/to.db, got {m.warm_start.storage!r}",
                 )
             )
+    return out
+
+
+def _continuous_problems(m: ExperimentModel) -> list[Problem]:
+    from knobflow.tuners.online_adapter import names as online_names
+
+    out: list[Problem] = []
+    if m.mode != "continuous":
+        if m.continuous is not None:
+            out.append(Problem("continuous", "only for mode: continuous (this experiment's mode is offline)"))
+        return out
+    if m.tuner.name not in online_names():
+        out.append(
+            Problem(
+                "tuner.name",
+                f"mode: continuous needs an online tuner ({', '.join(online_names())}), not {m.tuner.name!r}",
+            )
+        )
+    c = m.continuous or Continuous()
+    if (why := schedule_problem(c.schedule)) is not None:
+        out.append(Problem("continuous.schedule", why))
     return out

@@ -12,7 +12,8 @@ from knobflow.tuners.base import ask, tell
 from knobflow.tuners.optuna import grid_values, missing_modules
 from tests.conftest import REPO
 
-RUNNABLE = [n for n in registry.names() if n in ("identity", "auto") or not missing_modules(n)]
+ONLINE = ("hybrid", "bluefin", "exp_weights", "autoscope")  # knobflow.tuners.online_adapter: no extra packages
+RUNNABLE = [n for n in registry.names() if n in ("identity", "auto", "morris", *ONLINE) or not missing_modules(n)]
 
 
 def test_the_dev_install_has_every_tuner_but_gp() -> None:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from knobflow.workloads import sqlite_workload
 
@@ -37,3 +40,41 @@ def test_cli_prints_one_json_line_and_rejects_a_bad_config(tmp_path: Path) -> No
     cfg.write_text(json.dumps({"pragmas": {"journal_mode": "wal; DROP TABLE x"}}))
     bad = _workload(cfg, tmp_path / "x.db")
     assert bad.returncode == 2 and "bad value for pragma journal_mode" in bad.stderr
+
+
+def test_the_mix_changes_the_operation_shares(tmp_path: Path) -> None:
+    cfg = {"pragmas": {"journal_mode": "wal", "synchronous": "off"}, "batch_size": 100}
+    shares = {}
+    for name in ("default", "read-heavy", "write-heavy"):
+        m = sqlite_workload.run(cfg, tmp_path / "m.db", 0.2, mix=sqlite_workload.parse_mix(name))
+        assert m["ops"] == m["reads"] + m["aggregates"] + m["writes"] and m["writes"] == m["inserts"] + m["updates"]
+        shares[name] = {k: m[k] / m["ops"] for k in ("reads", "aggregates", "inserts", "updates")}
+    for name, got in shares.items():
+        want = sqlite_workload.MIXES[name]
+        for op, key in (("read", "reads"), ("aggregate", "aggregates"), ("insert", "inserts"), ("update", "updates")):
+            assert abs(got[key] - want[op]) < 0.05, (name, op, got, want)
+    assert shares["read-heavy"]["reads"] > 0.8 > shares["default"]["reads"]
+    assert shares["write-heavy"]["inserts"] + shares["write-heavy"]["updates"] > 0.9
+
+
+def test_parse_mix_and_the_environment_variable(tmp_path: Path) -> None:
+    assert sqlite_workload.parse_mix(None) == sqlite_workload.MIXES["default"]
+    assert sqlite_workload.parse_mix("read=3,insert=1") == {
+        "read": 0.75,
+        "aggregate": 0.0,
+        "insert": 0.25,
+        "update": 0.0,
+    }
+    for bad in ("sideways", "read=x", "read=-1", "read=0", "scan=1"):
+        with pytest.raises(ValueError, match="bad mix"):
+            sqlite_workload.parse_mix(bad)
+    argv = ["-m", "knobflow.workloads.sqlite_workload", "--db", str(tmp_path / "e.db"), "--duration", "0.1"]
+    env = {**os.environ, sqlite_workload.MIX_ENV: "insert=1"}
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout.strip())
+    assert m["inserts"] == m["ops"] > 0 and m["reads"] == 0
+    out = subprocess.run([sys.executable, *argv, "--mix", "read=1"], capture_output=True, text=True, env=env)
+    assert json.loads(out.stdout.strip())["reads"] == json.loads(out.stdout.strip())["ops"]  # --mix wins
+    bad = subprocess.run([sys.executable, *argv, "--mix", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "bad mix" in bad.stderr

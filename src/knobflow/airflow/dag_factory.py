@@ -13,11 +13,17 @@ Shape: ``prepare`` >> ``trial`` (mapped over trial slots) >> ``finish``.
   target (or applies the best configuration, per ``finish``) and fails with a clear message when
   the experiment stopped on ``max_failed``.
 
-All tuning logic lives in :mod:`knobflow.engine`; the tasks only drive it.
+A ``mode: continuous`` experiment is another shape (:func:`build_continuous_dag`): one task,
+``round``, on the file's ``continuous.schedule``; each DAG run is one round of
+:func:`knobflow.continuous.run_round`.
+
+All tuning logic lives in :mod:`knobflow.engine` and :mod:`knobflow.continuous`; the tasks only
+drive it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +50,55 @@ def _load(path: str) -> Experiment:
     return spec.load(path)
 
 
+def build_continuous_dag(exp: Experiment) -> DAG:
+    """The DAG of a continuous experiment: one ``round`` task per run, on ``continuous.schedule``.
+
+    A paused experiment, or a round still running, skips the task (its reason in the log); a
+    failed benchmark is a round result (reward -1, the guardrails), not a failed task; an error in
+    knobflow fails the task and leaves the round's prediction pending for the next run.
+    """
+    assert exp.path is not None, "experiments loaded from a file only"
+    path = str(exp.path)
+    m, c = exp.model, exp.continuous
+    doc = (
+        f"### knobflow continuous experiment `{m.name}`\n\n{m.description}\n\n"
+        f"* file: `{path}`\n* objective: {exp.objective_text()}\n* tuner: `{m.tuner.name}`\n"
+        f"* one round per run, schedule `{c.schedule}`; max_step {c.max_step}, reward_floor "
+        f"{c.reward_floor}, pause_after {c.pause_after}\n"
+    )
+    with DAG(
+        dag_id=dag_id_for(m.name),
+        description=(m.description or f"knobflow continuous experiment {m.name}")[:200],
+        doc_md=doc,
+        schedule=c.schedule,
+        catchup=False,
+        max_active_runs=1,
+        tags=["knobflow", "continuous"],
+        default_args={"retries": 0},
+    ) as dag:
+
+        @task(task_id="round", multiple_outputs=False)
+        def round_() -> dict[str, Any]:
+            """One round: predict (or re-apply the pending prediction), apply + measure, reward, guardrails."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from knobflow import continuous
+
+            report = continuous.run_round(_load(path))
+            print(json.dumps(report.as_dict(), default=str))
+            if report.action in ("paused", "busy"):
+                raise AirflowSkipException(f"{report.action}: {'; '.join(report.guardrails) or report.failed}")
+            return report.as_dict()
+
+        round_()
+
+    return dag
+
+
 def build_dag(exp: Experiment) -> DAG:
     """Build the DAG of one validated experiment (its file is re-read when tasks run)."""
+    if exp.model.mode == "continuous":
+        return build_continuous_dag(exp)
     assert exp.path is not None, "experiments loaded from a file only"
     path = str(exp.path)
     m = exp.model

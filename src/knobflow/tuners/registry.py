@@ -8,20 +8,25 @@ from knobflow.tuners.base import Tuner
 
 
 def names() -> list[str]:
+    from knobflow.tuners.online_adapter import KINDS
     from knobflow.tuners.optuna import SAMPLERS
 
-    return sorted([*SAMPLERS, "identity", "auto"])
+    return sorted([*SAMPLERS, "identity", "auto", "morris", *KINDS])
 
 
 def describe() -> dict[str, str]:
     """Each tuner's one-line description, with what it needs when that is not installed."""
+    from knobflow.tuners.online_adapter import KINDS
     from knobflow.tuners.optuna import SAMPLERS, missing_modules
 
     out = {
         "identity": "the baseline only: every trial runs the defaults (noise measurement, a do-nothing peer)",
         "auto": "the default: baseline, a random start, then a Gaussian process over the mixed space with "
         "expected improvement and local refinement of the best configurations (TPE for several objectives)",
+        "morris": "a screening design for knobflow select: one-at-a-time trajectories (Morris elementary "
+        "effects), the first from the baseline",
     }
+    out.update({name: kind.summary for name, kind in KINDS.items()})
     for name, spec in SAMPLERS.items():
         missing = missing_modules(name)
         out[name] = spec.summary + (
@@ -38,6 +43,7 @@ def create(
     defaults: dict[str, Any] | None = None,
 ) -> Tuner:
     """The tuner called ``name``. ``defaults`` (the baseline configuration) is used by ``identity``."""
+    from knobflow.tuners.online_adapter import KINDS, OnlineAdapter
     from knobflow.tuners.optuna import SAMPLERS, IdentityTuner, OptunaTuner
 
     if name == "identity":
@@ -46,15 +52,25 @@ def create(
         from knobflow.tuners.auto import AutoTuner
 
         return AutoTuner(seed=seed, options=dict(options or {}))
+    if name == "morris":
+        from knobflow.tuners.screening import MorrisTuner
+
+        return MorrisTuner(seed=seed, options=dict(options or {}))
+    if name in KINDS:
+        return OnlineAdapter(name=name, seed=seed, options=dict(options or {}))
     if name not in SAMPLERS:
         raise ValueError(f"unknown tuner {name!r}; known: {', '.join(names())}")
     return OptunaTuner(name=name, seed=seed, options=dict(options or {}))
 
 
-def check(name: str, options: dict[str, Any], distributions: dict[str, Any]) -> str | None:
-    """Why tuner ``name`` cannot run here with ``options`` on this space, or None when it can."""
+def check(name: str, options: dict[str, Any], distributions: dict[str, Any], *, objectives: int = 1) -> str | None:
+    """Why tuner ``name`` cannot run here with ``options`` on this space (and this many objectives),
+    or None when it can. A message about the options starts with "options"."""
+    from knobflow.tuners import online_adapter
     from knobflow.tuners.optuna import SAMPLERS, missing_modules
 
+    if name in online_adapter.KINDS:
+        return online_adapter.problem(name, options, distributions, objectives)
     if name == "identity":
         return "the identity tuner takes no options" if options else None
     if name == "auto":
@@ -64,6 +80,14 @@ def check(name: str, options: dict[str, Any], distributions: dict[str, Any]) -> 
             AutoTuner(options=dict(options))
         except ValueError as exc:
             return f"options not accepted by the auto tuner: {exc}"
+        return None
+    if name == "morris":
+        from knobflow.tuners.screening import MorrisTuner
+
+        try:
+            MorrisTuner(options=dict(options))
+        except ValueError as exc:
+            return f"options not accepted by the morris tuner: {exc}"
         return None
     spec = SAMPLERS[name]
     missing = missing_modules(name)

@@ -4,13 +4,16 @@ It reads its settings from a JSON file written by the ``sqlite_config`` role::
 
     {"pragmas": {"journal_mode": "wal", "synchronous": "normal", ...}, "batch_size": 100}
 
-then recreates the database, loads it, and for ``--duration`` seconds runs a fixed mix of
-operations: 55% point reads by key, 25% inserts, 15% updates, 5% aggregate queries over a range.
+then recreates the database, loads it, and for ``--duration`` seconds runs a mix of operations:
+by default 55% point reads by key, 25% inserts, 15% updates, 5% aggregate queries over a range.
+``--mix`` (or the environment variable ``KNOBFLOW_SQLITE_MIX`` when ``--mix`` is not given) picks
+another mix: a name of :data:`MIXES` (``default``, ``read-heavy``, ``write-heavy``) or explicit
+shares such as ``read=0.6,aggregate=0.3,insert=0.05,update=0.05`` (normalised to sum 1).
 Writes are grouped into transactions of ``batch_size`` write operations. At the end it prints one
 JSON line of metrics: throughput_ops (operations per second), read_p50_ms, read_p99_ms,
-commit_p50_ms, commit_p99_ms, ops, reads, writes, elapsed_s.
+commit_p50_ms, commit_p99_ms, ops, reads, writes, aggregates, inserts, updates, elapsed_s.
 
-Usage: python -m knobflow.workloads.sqlite_workload --config CONFIG --db DB [--duration 1]
+Usage: python -m knobflow.workloads.sqlite_workload --config CONFIG --db DB [--duration 1] [--mix M]
 """
 
 from __future__ import annotations
@@ -38,6 +41,41 @@ PRAGMA_ORDER = (
 )
 ROWS = 20_000
 PAYLOAD = 200
+MIX_ENV = "KNOBFLOW_SQLITE_MIX"
+OPERATIONS = ("read", "aggregate", "insert", "update")
+# Shares of each operation, in OPERATIONS order. "default" is the workload's original mix.
+MIXES: dict[str, dict[str, float]] = {
+    "default": {"read": 0.55, "aggregate": 0.05, "insert": 0.25, "update": 0.15},
+    "read-heavy": {"read": 0.90, "aggregate": 0.08, "insert": 0.01, "update": 0.01},
+    "write-heavy": {"read": 0.05, "aggregate": 0.0, "insert": 0.50, "update": 0.45},
+}
+
+
+def parse_mix(text: str | None) -> dict[str, float]:
+    """A mix by name (:data:`MIXES`) or as ``op=share,...`` over :data:`OPERATIONS` (missing
+    operations get 0); the shares are normalised to sum 1."""
+    text = (text or "default").strip()
+    if text in MIXES:
+        return dict(MIXES[text])
+    shares = dict.fromkeys(OPERATIONS, 0.0)
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in shares:
+            raise ValueError(
+                f"bad mix {text!r}: give one of {', '.join(MIXES)} or shares like read=0.5,insert=0.5"
+                f" over {', '.join(OPERATIONS)}"
+            )
+        try:
+            shares[name] = float(value)
+        except ValueError:
+            raise ValueError(f"bad mix {text!r}: share of {name} is not a number") from None
+        if not shares[name] >= 0:
+            raise ValueError(f"bad mix {text!r}: share of {name} is negative")
+    total = sum(shares.values())
+    if not 0 < total < float("inf"):
+        raise ValueError(f"bad mix {text!r}: the shares must add up to more than 0")
+    return {k: v / total for k, v in shares.items()}
 
 
 def _pragma_sql(name: str, value: Any) -> str:
@@ -74,7 +112,14 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def run(config: dict[str, Any], db: Path, duration: float, seed: int = 7) -> dict[str, float]:
+def run(
+    config: dict[str, Any], db: Path, duration: float, seed: int = 7, mix: dict[str, float] | None = None
+) -> dict[str, float]:
+    shares = mix or MIXES["default"]
+    # Cumulative thresholds on one uniform draw per operation: read, aggregate, insert, else update.
+    t_read = shares.get("read", 0.0)
+    t_aggregate = t_read + shares.get("aggregate", 0.0)
+    t_insert = t_aggregate + shares.get("insert", 0.0)
     db.parent.mkdir(parents=True, exist_ok=True)
     _fresh(db)
     conn = sqlite3.connect(str(db), isolation_level=None)
@@ -103,7 +148,7 @@ def run(config: dict[str, Any], db: Path, duration: float, seed: int = 7) -> dic
     next_id = ROWS
     reads: list[float] = []
     commits: list[float] = []
-    ops = writes = pending = 0
+    ops = writes = pending = aggregates = inserts = updates = 0
     in_tx = False
     start = time.perf_counter()
     deadline = start + duration
@@ -112,11 +157,12 @@ def run(config: dict[str, Any], db: Path, duration: float, seed: int = 7) -> dic
         if now >= deadline:
             break
         r = rng.random()
-        if r < 0.55:
+        if r < t_read:
             t0 = time.perf_counter()
             conn.execute("SELECT amount, payload FROM orders WHERE id = ?", (rng.randrange(next_id),)).fetchone()
             reads.append(time.perf_counter() - t0)
-        elif r < 0.60:
+        elif r < t_aggregate:
+            aggregates += 1
             c = rng.randrange(2000)
             conn.execute(
                 "SELECT status, count(*), sum(amount) FROM orders WHERE customer BETWEEN ? AND ? GROUP BY status",
@@ -126,13 +172,15 @@ def run(config: dict[str, Any], db: Path, duration: float, seed: int = 7) -> dic
             if not in_tx:
                 conn.execute("BEGIN")
                 in_tx = True
-            if r < 0.85:
+            if r < t_insert:
+                inserts += 1
                 conn.execute(
                     "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
                     (next_id, rng.randrange(2000), 0, rng.random() * 100, rng.randbytes(PAYLOAD)),
                 )
                 next_id += 1
             else:
+                updates += 1
                 conn.execute(
                     "UPDATE orders SET status = ?, amount = amount + 1 WHERE id = ?",
                     (rng.randrange(5), rng.randrange(next_id)),
@@ -164,6 +212,9 @@ def run(config: dict[str, Any], db: Path, duration: float, seed: int = 7) -> dic
         "ops": ops,
         "reads": len(reads),
         "writes": writes,
+        "aggregates": aggregates,
+        "inserts": inserts,
+        "updates": updates,
         "elapsed_s": elapsed,
     }
 
@@ -174,10 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", type=Path, required=True, help="database file (recreated each run)")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds of measured load")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--mix",
+        help=f"request mix: {', '.join(MIXES)} or shares like read=0.5,insert=0.5 (default: ${MIX_ENV}, else default)",
+    )
     args = parser.parse_args(argv)
     try:
+        mix = parse_mix(args.mix if args.mix is not None else os.environ.get(MIX_ENV))
         config = load_config(args.config)
-        metrics = run(config, args.db, args.duration, args.seed)
+        metrics = run(config, args.db, args.duration, args.seed, mix)
     except (ValueError, sqlite3.Error, OSError) as exc:
         print(f"sqlite_workload: {exc}", file=sys.stderr)
         return 2
