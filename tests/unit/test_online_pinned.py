@@ -6,12 +6,15 @@ is derived in this file *independently* of the implementation: straight-line num
 spec (draw u with a fresh ``default_rng(seed).normal(size=d)`` and normalise it, probe ``c + delta u``, the gradient
 ``(d diff u) / (f delta)``, the optimizer step, the clip to [delta, 1 - delta], the next draw; ``p_hat``,
 ``multinomial(1, p_hat).argmax()``, the multiplicative update, the schedules; the router's forward and
-straight-through backward). The implementation must match the derivation bit for bit, and both must match the
-literal numbers written below (12 digits), so that a change to either shows in review.
+straight-through backward). The implementation must match the derivation to 1e-12 relative (integers and
+categories exactly), and both must match the literal numbers written below (12 digits), so that a change to either
+shows in review. Not bit for bit: numpy's sums, norms and matrix products take different SIMD paths on different CPUs
+(CI once differed from the developer's machine in the last bit of an AutoScope router weight), while a wrong RNG call
+order or a wrong formula moves the values by far more than 1e-12.
 
 Then property 15 (determinism), and a replay of microsoft/OPPerTune's own published test expectations
 (oppertune-algorithms/tests, v0.2): the implementation with upstream flags reproduces them to the last bit where
-they were printed in full.
+they were printed in full (to 1e-12 relative, for the same reason).
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ def _run(tuner: OnlineTuner, rewards: list[float], contexts: list[str] | None = 
     return out
 
 
+def _same(got: Any, derived: Any) -> bool:
+    """Equal to the derivation: floats to 1e-12 relative (1e-15 absolute near 0), everything else exactly."""
+    if isinstance(derived, np.ndarray):
+        return isinstance(got, np.ndarray) and got.shape == derived.shape and _same(got.tolist(), derived.tolist())
+    if isinstance(derived, dict):
+        return isinstance(got, dict) and got.keys() == derived.keys() and all(_same(got[k], derived[k]) for k in got)
+    if isinstance(derived, (list, tuple)):
+        return len(got) == len(derived) and all(_same(g, v) for g, v in zip(got, derived, strict=True))
+    if isinstance(derived, float):
+        return isinstance(got, float) and math.isclose(got, derived, rel_tol=1e-12, abs_tol=1e-15)
+    return bool(got == derived) and type(got) is type(derived)
+
+
 def _close(got: Any, literal: Any) -> bool:
     """Equal to a literal written with 12 decimals (floats), exactly otherwise."""
     if isinstance(literal, dict):
@@ -88,8 +104,8 @@ def test_bluefin_one_point_rmsprop_is_pinned() -> None:
     # --- implementation ---
     tuner = BlueFin(BLUEFIN_PARAMS, feedback=1, random_seed=7, **UPSTREAM_BLUEFIN)
     got = _run(tuner, [0.3, -0.2, 0.5, 0.1])
-    assert got == expected
-    assert tuner.centre.tobytes() == c.tobytes()
+    assert _same(got, expected)
+    assert _same(tuner.centre, c)
     assert _close(
         got,
         [
@@ -139,8 +155,8 @@ def test_bluefin_two_point_sgd_with_decay_is_pinned() -> None:
         baseline=None,
     )
     got = _run(tuner, rewards)
-    assert got == expected
-    assert tuner.centre.tobytes() == c.tobytes()
+    assert _same(got, expected)
+    assert _same(tuner.centre, c)
     assert (tuner.eta, tuner.delta, tuner.optimizer.eta) == (eta, delta, eta)
     assert _close(
         got,
@@ -179,8 +195,8 @@ def test_exponential_weights_joint_is_pinned() -> None:
     # --- implementation ---
     tuner = ExponentialWeights([Categorical("x", "a", ["a", "b"]), Categorical("y", "p", ["p", "q"])], random_seed=3)
     got = _run(tuner, rewards)
-    assert got == expected
-    assert tuner.p.tobytes() == p.tobytes()
+    assert _same(got, expected)
+    assert _same(tuner.p, p)
     assert (tuner.eta, tuner.gamma) == (eta, gamma)
     assert got == [
         {"x": "b", "y": "p"},
@@ -218,8 +234,8 @@ def test_exponential_weights_slates_is_pinned() -> None:
         [Categorical("x", "a", ["a", "b", "c"]), Categorical("y", "p", ["p", "q"])], random_seed=5
     )
     got = _run(tuner, rewards)
-    assert got == expected
-    assert [q.tobytes() for q in tuner.p] == [q.tobytes() for q in p]
+    assert _same(got, expected)
+    assert _same(list(tuner.p), list(p))
     assert got == [
         {"x": "a", "y": "p"},
         {"x": "c", "y": "q"},
@@ -277,10 +293,10 @@ def test_hybrid_is_pinned() -> None:
         hold_categorical_for_pair=False,
     )
     got = _run(tuner, rewards)
-    assert got == expected
+    assert _same(got, expected)
     assert isinstance(tuner.categorical, ExponentialWeights) and isinstance(tuner.numerical, BlueFin)
-    assert tuner.categorical.p.tobytes() == p.tobytes()
-    assert tuner.numerical.centre.tobytes() == c.tobytes()
+    assert _same(tuner.categorical.p, p)
+    assert _same(tuner.numerical.centre, c)
     assert _close(
         got,
         [
@@ -337,10 +353,10 @@ def test_autoscope_is_pinned() -> None:
         autoscope_upstream_quirks=True,
     )
     got = _run(tuner, [r for _, r in rounds], [j for j, _ in rounds])
-    assert got == expected
+    assert _same(got, expected)
     assert leaves == [0, 1, 0, 1, 0]
-    assert tuner.w.tobytes() == w_r.tobytes() and tuner.b.tobytes() == b_r.tobytes()
-    assert [leaf.centre.tobytes() for leaf in tuner.leaves] == [c.tobytes() for c in centres]
+    assert _same(tuner.w, w_r) and _same(tuner.b, b_r)
+    assert _same([leaf.centre for leaf in tuner.leaves], centres)
     assert tuner.iteration == 0  # upstream quirk: never advances
     assert _close(
         got,
@@ -452,10 +468,8 @@ def _stats(rewards: list[float]) -> dict[str, float]:
 
 def _assert_stats(rewards: list[float], expected: dict[str, float]) -> None:
     got = _stats(rewards)
-    for key in ("mean", "min", "median", "max"):  # order statistics and the mean: bit for bit
-        assert got[key] == expected[key], (key, got[key], expected[key])
-    for key in ("p95", "p99"):  # np.percentile's interpolation has changed across numpy releases by ~1e-18
-        assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), key
+    for key in ("mean", "min", "median", "p95", "p99", "max"):  # 1e-12: see the module docstring
+        assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), (key, got[key], expected[key])
 
 
 def test_reproduces_upstream_bluefin_two_point_rmsprop_predictions() -> None:
@@ -476,7 +490,7 @@ def test_reproduces_upstream_bluefin_two_point_rmsprop_predictions() -> None:
     tuner = BlueFin(params, feedback=2, eta=0.01, delta=0.1, optimizer="rmsprop", random_seed=4, baseline=None)
     for expected in upstream:
         config, _ = tuner.predict()
-        assert tuple(config.values()) == expected
+        assert _same(tuple(config.values()), expected)
         tuner.set_reward(-math.sqrt(float(np.mean((np.array(list(config.values())) - [0.1, 0.3, 0.6]) ** 2))))
 
 
