@@ -180,12 +180,15 @@ def _limits(exp: Experiment) -> engine.Limits:
 
 def _queue(study: optuna.Study, config: dict[str, Any], attrs: dict[str, Any]) -> None:
     """Make ``config`` the next trial: a queued trial with these values (a requeued round, the
-    baseline) is used as it is; any other queued trial is set aside (failed, marked superseded)."""
+    baseline) is used, with the round's attributes added; any other queued trial is set aside
+    (failed, marked superseded)."""
     storage = study._storage
     reuse = False
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
         if not reuse and (t.system_attrs.get("fixed_params") or dict(t.params)) == config:
             reuse = True
+            for key, value in attrs.items():
+                storage.set_trial_user_attr(t._trial_id, key, value)
             continue
         storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         storage.set_trial_user_attr(t._trial_id, "reason", "superseded: a continuous round ran another configuration")

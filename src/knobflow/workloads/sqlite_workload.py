@@ -112,111 +112,159 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def run(
-    config: dict[str, Any], db: Path, duration: float, seed: int = 7, mix: dict[str, float] | None = None
-) -> dict[str, float]:
-    shares = mix or MIXES["default"]
-    # Cumulative thresholds on one uniform draw per operation: read, aggregate, insert, else update.
-    t_read = shares.get("read", 0.0)
-    t_aggregate = t_read + shares.get("aggregate", 0.0)
-    t_insert = t_aggregate + shares.get("insert", 0.0)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    _fresh(db)
-    conn = sqlite3.connect(str(db), isolation_level=None)
-    pragmas = config.get("pragmas") or {}
-    for name in PRAGMA_ORDER:
-        if name in pragmas:
-            conn.execute(_pragma_sql(name, pragmas[name])).fetchall()
-    unknown = set(pragmas) - set(PRAGMA_ORDER)
-    if unknown:
-        raise ValueError(f"unknown pragmas in the configuration: {sorted(unknown)}")
-    batch = max(1, int(config.get("batch_size") or 1))
+class Workload:
+    """An open database under load: :meth:`run_for` runs the mix for a while and can be called
+    again (the live service does, between checks of its configuration); :meth:`close` removes the
+    database. Counts and latencies accumulate in :attr:`stats` until :meth:`take` hands them over."""
 
-    rng = random.Random(seed)
-    conn.execute(
-        "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, status INTEGER NOT NULL,"
-        " amount REAL NOT NULL, payload BLOB NOT NULL)"
-    )
-    conn.execute("CREATE INDEX orders_customer ON orders(customer)")
-    conn.execute("BEGIN")
-    conn.executemany(
-        "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
-        ((i, rng.randrange(2000), rng.randrange(5), rng.random() * 100, rng.randbytes(PAYLOAD)) for i in range(ROWS)),
-    )
-    conn.execute("COMMIT")
+    def __init__(self, config: dict[str, Any], db: Path, seed: int = 7, mix: dict[str, float] | None = None) -> None:
+        self.db = db
+        self.set_mix(mix or MIXES["default"])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        _fresh(db)
+        self.conn = sqlite3.connect(str(db), isolation_level=None)
+        try:
+            pragmas = config.get("pragmas") or {}
+            for name in PRAGMA_ORDER:
+                if name in pragmas:
+                    self.conn.execute(_pragma_sql(name, pragmas[name])).fetchall()
+            unknown = set(pragmas) - set(PRAGMA_ORDER)
+            if unknown:
+                raise ValueError(f"unknown pragmas in the configuration: {sorted(unknown)}")
+            self.batch = max(1, int(config.get("batch_size") or 1))
+            self.rng = rng = random.Random(seed)
+            self.conn.execute(
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL, status INTEGER NOT NULL,"
+                " amount REAL NOT NULL, payload BLOB NOT NULL)"
+            )
+            self.conn.execute("CREATE INDEX orders_customer ON orders(customer)")
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
+                (
+                    (i, rng.randrange(2000), rng.randrange(5), rng.random() * 100, rng.randbytes(PAYLOAD))
+                    for i in range(ROWS)
+                ),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.close()
+            raise
+        self.next_id = ROWS
+        self.take()
 
-    next_id = ROWS
-    reads: list[float] = []
-    commits: list[float] = []
-    ops = writes = pending = aggregates = inserts = updates = 0
-    in_tx = False
-    start = time.perf_counter()
-    deadline = start + duration
-    while True:
-        now = time.perf_counter()
-        if now >= deadline:
-            break
-        r = rng.random()
-        if r < t_read:
-            t0 = time.perf_counter()
-            conn.execute("SELECT amount, payload FROM orders WHERE id = ?", (rng.randrange(next_id),)).fetchone()
-            reads.append(time.perf_counter() - t0)
-        elif r < t_aggregate:
-            aggregates += 1
-            c = rng.randrange(2000)
-            conn.execute(
-                "SELECT status, count(*), sum(amount) FROM orders WHERE customer BETWEEN ? AND ? GROUP BY status",
-                (c, c + 20),
-            ).fetchall()
-        else:
-            if not in_tx:
-                conn.execute("BEGIN")
-                in_tx = True
-            if r < t_insert:
-                inserts += 1
-                conn.execute(
-                    "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
-                    (next_id, rng.randrange(2000), 0, rng.random() * 100, rng.randbytes(PAYLOAD)),
-                )
-                next_id += 1
-            else:
-                updates += 1
-                conn.execute(
-                    "UPDATE orders SET status = ?, amount = amount + 1 WHERE id = ?",
-                    (rng.randrange(5), rng.randrange(next_id)),
-                )
-            writes += 1
-            pending += 1
-            if pending >= batch:
+    def set_mix(self, mix: dict[str, float]) -> None:
+        # Cumulative thresholds on one uniform draw per operation: read, aggregate, insert, else update.
+        self.t_read = mix.get("read", 0.0)
+        self.t_aggregate = self.t_read + mix.get("aggregate", 0.0)
+        self.t_insert = self.t_aggregate + mix.get("insert", 0.0)
+
+    def take(self) -> dict[str, Any]:
+        """The counts and sorted latencies (seconds) since the last call, and reset them."""
+        out = getattr(self, "stats", None)
+        self.stats: dict[str, Any] = dict.fromkeys(("ops", "writes", "aggregates", "inserts", "updates"), 0)
+        self.stats.update(reads=[], commits=[], elapsed=0.0)
+        if out is not None:
+            out["reads"].sort()
+            out["commits"].sort()
+        return out or {}
+
+    def run_for(self, duration: float) -> None:
+        """Run the mix for ``duration`` seconds; the last transaction is committed before it returns."""
+        conn, rng, st = self.conn, self.rng, self.stats
+        reads, commits, batch = st["reads"], st["commits"], self.batch
+        t_read, t_aggregate, t_insert = self.t_read, self.t_aggregate, self.t_insert
+        ops = writes = pending = aggregates = inserts = updates = 0
+        in_tx = False
+        start = time.perf_counter()
+        deadline = start + duration
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            r = rng.random()
+            if r < t_read:
                 t0 = time.perf_counter()
-                conn.execute("COMMIT")
-                commits.append(time.perf_counter() - t0)
-                in_tx = False
-                pending = 0
-        ops += 1
-    if in_tx:
-        t0 = time.perf_counter()
-        conn.execute("COMMIT")
-        commits.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
-    conn.close()
-    _fresh(db)
-    reads.sort()
-    commits.sort()
+                conn.execute(
+                    "SELECT amount, payload FROM orders WHERE id = ?", (rng.randrange(self.next_id),)
+                ).fetchone()
+                reads.append(time.perf_counter() - t0)
+            elif r < t_aggregate:
+                aggregates += 1
+                c = rng.randrange(2000)
+                conn.execute(
+                    "SELECT status, count(*), sum(amount) FROM orders WHERE customer BETWEEN ? AND ? GROUP BY status",
+                    (c, c + 20),
+                ).fetchall()
+            else:
+                if not in_tx:
+                    conn.execute("BEGIN")
+                    in_tx = True
+                if r < t_insert:
+                    inserts += 1
+                    conn.execute(
+                        "INSERT INTO orders (id, customer, status, amount, payload) VALUES (?, ?, ?, ?, ?)",
+                        (self.next_id, rng.randrange(2000), 0, rng.random() * 100, rng.randbytes(PAYLOAD)),
+                    )
+                    self.next_id += 1
+                else:
+                    updates += 1
+                    conn.execute(
+                        "UPDATE orders SET status = ?, amount = amount + 1 WHERE id = ?",
+                        (rng.randrange(5), rng.randrange(self.next_id)),
+                    )
+                writes += 1
+                pending += 1
+                if pending >= batch:
+                    t0 = time.perf_counter()
+                    conn.execute("COMMIT")
+                    commits.append(time.perf_counter() - t0)
+                    in_tx = False
+                    pending = 0
+            ops += 1
+        if in_tx:
+            t0 = time.perf_counter()
+            conn.execute("COMMIT")
+            commits.append(time.perf_counter() - t0)
+        st["elapsed"] += time.perf_counter() - start
+        for key, n in (("ops", ops), ("writes", writes), ("aggregates", aggregates), ("inserts", inserts)):
+            st[key] += n
+        st["updates"] += updates
+
+    def close(self) -> None:
+        self.conn.close()
+        _fresh(self.db)
+
+
+def metrics_of(stats: dict[str, Any]) -> dict[str, float]:
+    """The benchmark's metrics from :meth:`Workload.take`'s counts."""
+    reads, commits, elapsed = stats["reads"], stats["commits"], stats["elapsed"]
     return {
-        "throughput_ops": ops / elapsed,
+        "throughput_ops": stats["ops"] / elapsed if elapsed > 0 else 0.0,
         "read_p50_ms": _percentile(reads, 0.50) * 1e3,
         "read_p99_ms": _percentile(reads, 0.99) * 1e3,
         "commit_p50_ms": _percentile(commits, 0.50) * 1e3,
         "commit_p99_ms": _percentile(commits, 0.99) * 1e3,
-        "ops": ops,
+        "ops": stats["ops"],
         "reads": len(reads),
-        "writes": writes,
-        "aggregates": aggregates,
-        "inserts": inserts,
-        "updates": updates,
+        "writes": stats["writes"],
+        "aggregates": stats["aggregates"],
+        "inserts": stats["inserts"],
+        "updates": stats["updates"],
         "elapsed_s": elapsed,
     }
+
+
+def run(
+    config: dict[str, Any], db: Path, duration: float, seed: int = 7, mix: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Create and load the database, run the mix for ``duration`` seconds, remove the database."""
+    workload = Workload(config, db, seed, mix)
+    try:
+        workload.run_for(duration)
+    finally:
+        workload.close()
+    return metrics_of(workload.take())
 
 
 def main(argv: list[str] | None = None) -> int:
