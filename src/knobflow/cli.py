@@ -338,6 +338,9 @@ def cmd_round(args: argparse.Namespace) -> int:
     try:
         with _experiment_lock(_paths.knobflow_home(), exp.name):
             report = continuous.run_round(exp)
+    except ValueError as exc:  # a host's context that the inventory does not give, no host
+        print(f"knobflow round: {exp.name}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except (RuntimeError, StoreError) as exc:
         print(f"knobflow round: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -351,23 +354,39 @@ def cmd_round(args: argparse.Namespace) -> int:
 def _print_round(r: Any) -> None:
     if r.action in ("paused", "busy"):
         print(f"experiment {r.experiment}: {r.action}" + (f" ({r.failed})" if r.failed else ""))
+    elif r.action == "per-host":
+        print(f"experiment {r.experiment}, round {r.round}: {len(r.hosts)} hosts, one after another")
+        for h in r.hosts:
+            if h.action == "done":
+                print(f"  host {h.host}: done before this round was interrupted")
+                continue
+            _print_step(
+                h, f"  host {h.host}" + (f" (context {_fmt_params(h.context)})" if h.context else "") + ": ", "    "
+            )
     else:
-        what = {"baseline": "measured the baseline", "predicted": "predicted", "re-applied": "re-applied"}[r.action]
-        if r.action == "re-applied":
-            what += " the pending configuration of a round that did not finish"
-        print(f"experiment {r.experiment}, round {r.round}: {what}")
-        print(f"  config: {_fmt_params(r.config or {})}")
-        if r.clamped:
-            print(f"  clamped by max_step: {', '.join(r.clamped)}")
-        trial = f"trial {r.trial}: " if r.trial is not None else ""
-        if r.failed:
-            print(f"  {trial}failed: {r.failed}")
-        else:
-            print(f"  {trial}value = {_fmt_value(r.value)}")
-        if r.reward is not None:
-            print(f"  reward = {r.reward:.4g}")
+        _print_step(r, f"experiment {r.experiment}, round {r.round}: ", "  ")
     for g in r.guardrails:
         print(f"  guardrail: {g}")
+
+
+def _print_step(r: Any, head: str, indent: str) -> None:
+    what = {"baseline": "measured the baseline", "predicted": "predicted", "re-applied": "re-applied"}[r.action]
+    if r.action == "re-applied":
+        what += " the pending configuration of a round that did not finish"
+    print(f"{head}{what}")
+    print(f"{indent}config: {_fmt_params(r.config or {})}")
+    if r.clamped:
+        print(f"{indent}clamped by max_step: {', '.join(r.clamped)}")
+    trial = f"trial {r.trial}: " if r.trial is not None else ""
+    if r.failed:
+        print(f"{indent}{trial}failed: {r.failed}")
+    else:
+        print(f"{indent}{trial}value = {_fmt_value(r.value)}")
+    if r.reward is not None:
+        print(f"{indent}reward = {r.reward:.4g}")
+    if r.hosts == [] and r.host is not None:
+        for g in r.guardrails:
+            print(f"{indent}guardrail: {g}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -32,6 +32,12 @@ tuning") is the user's page. In short:
 * **Constraints.** A prediction whose configuration breaks a constraint is not run: the learner
   gets -1 for it and predicts again (as offline); after ``MAX_REJECTIONS`` the last good
   configuration runs, and the learner does not see that round.
+* **Per host.** With ``per_host`` a round is one step per host of ``target.hosts`` (from the
+  inventory), one after another, each with its own baseline, configuration, last good
+  configuration and bad rounds (:class:`HostState`, in ``State.hosts``), and with ``--limit`` that
+  host; an autoscope learner gets each host's context from the inventory (``continuous.context``,
+  :mod:`knobflow.ansible.inventory`). A round that dies part-way continues with the hosts it had
+  not finished.
 * **Failures.** A benchmark that crashes or prints no metrics is a failed trial with its reason:
   reward -1, then the guardrails. A round dying in knobflow itself (an exception) re-raises with
   its prediction still pending; what was persisted before stays.
@@ -75,8 +81,23 @@ Apply = Callable[[Experiment, dict[str, Any], str], str | None]  # returns why i
 
 
 @dataclass
+class HostState:
+    """One host's part of a per-host experiment (``continuous.per_host``): what :class:`State`
+    keeps for the whole target otherwise."""
+
+    baseline: float | None = None
+    current: dict[str, Any] | None = None
+    last_good: dict[str, Any] | None = None
+    bad: int = 0
+    pending: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None  # the host's autoscope context in its last round
+    done_round: int | None = None  # the last round whose step on this host finished
+
+
+@dataclass
 class State:
-    """knobflow's bookkeeping of a continuous experiment, persisted as JSON (module docstring)."""
+    """knobflow's bookkeeping of a continuous experiment, persisted as JSON (module docstring).
+    ``baseline`` to ``pending`` are the target's; with ``per_host`` each host has its own in ``hosts``."""
 
     tuner: dict[str, Any] | None = None  # the learner's dump()
     seed: int | None = None
@@ -89,6 +110,7 @@ class State:
     pending: dict[str, Any] | None = None  # the round whose measurement has not finished
     rounds: int = 0  # finished rounds
     log: list[dict[str, Any]] = field(default_factory=list)
+    hosts: dict[str, HostState] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -97,7 +119,15 @@ class State:
     def from_doc(cls, doc: Any) -> State:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError(f"not a continuous-tuning state ({FORMAT}): {str(doc)[:80]}")
-        return cls(**{k: v for k, v in doc.items() if k != "format"})
+        fields = {k: v for k, v in doc.items() if k != "format"}
+        fields["hosts"] = {h: HostState(**v) for h, v in (fields.get("hosts") or {}).items()}
+        return cls(**fields)
+
+    def worst_bad(self) -> int:
+        return max([self.bad, *(h.bad for h in self.hosts.values())])
+
+
+Slot = State | HostState  # what a step changes: the target's fields of State, or one host's
 
 
 @dataclass
@@ -116,9 +146,17 @@ class RoundReport:
     failed: str | None = None  # why the measurement failed
     guardrails: list[str] = field(default_factory=list)
     paused: bool = False
+    host: str | None = None  # per_host: the host of this step
+    context: dict[str, Any] | None = None  # its autoscope context
+    hosts: list[RoundReport] = field(default_factory=list)  # per_host: one step per host
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.hosts:
+            for key in ("host", "context", "hosts"):
+                if out[key] in (None, []):
+                    del out[key]
+        return out
 
 
 # State in the store ---------------------------------------------------------------------------------
@@ -145,7 +183,7 @@ def _learner(exp: Experiment, state: State) -> OnlineTuner:
     t = exp.model.tuner
     if state.seed is None:
         state.seed = t.seed if t.seed is not None else secrets.randbelow(2**31)
-    return build(t.name, t.options, state.seed, _params(exp))
+    return build(t.name, exp.tuner_options(), state.seed, _params(exp))
 
 
 def clamp(
@@ -221,25 +259,74 @@ def run_round(exp: Experiment, *, measure: Measure | None = None, apply: Apply |
     store, study = engine.open_study(exp)
     store.recover(study, grace_s=exp.model.budget.trial_timeout + 60)
     state = load_state(study)
-    n = state.rounds
     if state.paused:
         return RoundReport(exp.name, None, "paused", config=state.current, paused=True, guardrails=[_paused(state)])
     if any(t.state == TrialState.RUNNING for t in store.trials(study)):
         return RoundReport(exp.name, None, "busy", failed="another round is running (a trial is RUNNING)")
+    if exp.continuous.per_host:
+        return _per_host_round(exp, study, state, measure, apply)
     if state.baseline is None:
-        return _baseline_round(exp, study, state, measure)
+        report = _baseline_step(exp, study, state, state, measure)
+    else:
+        context = context_of(exp.model.tuner.name, exp.tuner_options())
+        report = _tuned_step(exp, study, state, state, _learner(exp, state), context, measure, apply)
+    _finish(exp, study, state, report)
+    return report
+
+
+def _per_host_round(exp: Experiment, study: optuna.Study, state: State, measure: Measure, apply: Apply) -> RoundReport:
+    """One round of a ``per_host`` experiment: a step on each host of ``target.hosts``, one after
+    another, each with its own baseline, configuration, guardrails and (autoscope) context. Every
+    host's context is resolved before anything runs, so a broken inventory changes nothing."""
+    from knobflow.ansible import inventory
 
     c = exp.continuous
-    params = _params(exp)
-    context = context_of(exp.model.tuner.name, exp.model.tuner.options)
+    targets = inventory.hosts(exp.inventory(), exp.model.target.hosts)
+    features = exp.model.tuner.options.get("features") or []
+    default = context_of(exp.model.tuner.name, exp.tuner_options())
+    contexts = {h.name: inventory.context_of(h, c.context, features) if c.context else default for h in targets}
     tuner = _learner(exp, state)
-    current = state.current or exp.defaults()
-    if state.pending is not None:
-        action, pending = "re-applied", state.pending
+    report = RoundReport(exp.name, state.rounds, "per-host")
+    for h in targets:
+        slot = state.hosts.setdefault(h.name, HostState())
+        if slot.done_round == state.rounds:  # this round died after this host's step: not again
+            report.hosts.append(RoundReport(exp.name, state.rounds, "done", host=h.name, context=slot.context))
+            continue
+        slot.context = contexts[h.name]
+        exp_h = exp.for_hosts(h.name)
+        if slot.baseline is None:
+            step = _baseline_step(exp_h, study, state, slot, measure, host=h.name)
+        else:
+            step = _tuned_step(exp_h, study, state, slot, tuner, contexts[h.name], measure, apply, host=h.name)
+        step.host, step.context = h.name, contexts[h.name]
+        slot.done_round = state.rounds
+        report.hosts.append(step)
+        save_state(study, state)  # this host's step is kept even if a later one dies
+    _finish(exp, study, state, report)
+    return report
+
+
+def _tuned_step(
+    exp: Experiment,
+    study: optuna.Study,
+    state: State,
+    slot: Slot,
+    tuner: OnlineTuner,
+    context: dict[str, Any] | None,
+    measure: Measure,
+    apply: Apply,
+    host: str | None = None,
+) -> RoundReport:
+    """Predict (or re-apply the pending configuration), apply and measure, reward, guardrails."""
+    c = exp.continuous
+    n = state.rounds
+    current = slot.current or exp.defaults()
+    if slot.pending is not None:
+        action, pending = "re-applied", slot.pending
     else:
-        pending = _predict(exp, tuner, context, params, current, state)
+        pending = _predict(exp, tuner, context, _params(exp), current, slot)
         pending["round"] = n
-        state.tuner, state.pending, action = tuner.dump(), pending, "predicted"
+        state.tuner, slot.pending, action = tuner.dump(), pending, "predicted"
         save_state(study, state)  # before anything reaches the target: a dying round is re-applied
     config = dict(pending["config"])
     predicted = pending["predicted"]
@@ -254,26 +341,28 @@ def run_round(exp: Experiment, *, measure: Measure | None = None, apply: Apply |
     attrs: dict[str, Any] = {"continuous_round": n, "proposed_by": source, "predicted": predicted}
     if pending["clamped"]:
         attrs["clamped"] = pending["clamped"]
+    if host is not None:
+        attrs.update(target_host=host, context=context)
     m = measure(exp, config, attrs)
-    r = reward(m.value, state.baseline, exp.maximize, feasible=m.feasible)
+    r = reward(m.value, slot.baseline, exp.maximize, feasible=m.feasible)
     if predicted is not None:
         tuner.set_reward(r, context)
     report.trial, report.value, report.reward, report.failed = m.trial, m.value, r, m.reason
-    state.tuner, state.pending = tuner.dump(), None
+    state.tuner, slot.pending = tuner.dump(), None
     if r < c.reward_floor:
-        state.bad += 1
-        good = state.last_good or exp.defaults()
+        slot.bad += 1
+        good = slot.last_good or exp.defaults()
         why = f"reward {r:.3g} is below reward_floor {c.reward_floor:g}"
-        failed = apply(exp, good, f"round-{n:04d}-restore")
+        label = f"round-{n:04d}-restore" + (f"-{host}" if host is not None else "")
+        failed = apply(exp, good, label)
         if failed is None:
-            state.current = good
+            slot.current = good
             report.guardrails.append(f"{why}: restored the last good configuration")
         else:
-            state.current = None  # unknown: the next round moves from the defaults
+            slot.current = None  # unknown: the next round moves from the defaults
             report.guardrails.append(f"{why}: restoring the last good configuration failed: {failed}")
     else:
-        state.bad, state.last_good, state.current = 0, config, config
-    _finish(exp, study, state, report)
+        slot.bad, slot.last_good, slot.current = 0, config, config
     return report
 
 
@@ -283,7 +372,7 @@ def _predict(
     context: dict[str, Any] | None,
     params: list[Knob],
     current: dict[str, Any],
-    state: State,
+    state: Slot,
 ) -> dict[str, Any]:
     """The round's configuration: the learner's prediction, clamped to max_step. A configuration that
     breaks a constraint is not run: the learner gets -1 for it and predicts again (at most
@@ -300,23 +389,27 @@ def _predict(
     return {"predicted": None, "config": fallback, "clamped": [], "rejected": MAX_REJECTIONS}
 
 
-def _baseline_round(exp: Experiment, study: optuna.Study, state: State, measure: Measure) -> RoundReport:
+def _baseline_step(
+    exp: Experiment, study: optuna.Study, state: State, slot: Slot, measure: Measure, host: str | None = None
+) -> RoundReport:
     """Round 0 (or its retry): measure the defaults, the reference of every reward."""
     n = state.rounds
     config = exp.defaults()
-    action = "re-applied" if state.pending is not None else "baseline"
-    state.pending = {"round": n, "baseline": True, "config": config}
+    action = "re-applied" if slot.pending is not None else "baseline"
+    slot.pending = {"round": n, "baseline": True, "config": config}
     save_state(study, state)
     report = RoundReport(exp.name, n, action, config=config)
-    m = measure(exp, config, {"continuous_round": n, "baseline": True})
+    attrs: dict[str, Any] = {"continuous_round": n, "baseline": True}
+    if host is not None:
+        attrs["target_host"] = host
+    m = measure(exp, config, attrs)
     report.trial, report.value, report.failed = m.trial, m.value, m.reason
-    state.pending, state.current = None, config
+    slot.pending, slot.current = None, config
     if m.value is not None and m.feasible:
-        state.baseline, state.last_good, state.bad = m.value, config, 0
+        slot.baseline, slot.last_good, slot.bad = m.value, config, 0
     else:
-        state.bad += 1
+        slot.bad += 1
         report.guardrails.append("the baseline did not measure: the next round measures it again")
-    _finish(exp, study, state, report)
     return report
 
 
@@ -326,13 +419,19 @@ def _paused(state: State) -> str:
 
 def _finish(exp: Experiment, study: optuna.Study, state: State, report: RoundReport) -> None:
     pause_after = exp.continuous.pause_after
-    if state.bad >= pause_after:
+    if state.worst_bad() >= pause_after:
         state.paused = True
-        state.pause_reason = f"{state.bad} consecutive bad rounds (pause_after {pause_after})"
+        worst = [h for h, hs in state.hosts.items() if hs.bad >= pause_after]
+        on = f" on {', '.join(worst)}" if worst else ""
+        state.pause_reason = f"{state.worst_bad()} consecutive bad rounds{on} (pause_after {pause_after})"
         report.paused = True
         report.guardrails.append(_paused(state))
     state.rounds += 1
     entry = {k: v for k, v in report.as_dict().items() if k not in ("experiment", "predicted")}
+    if "hosts" in entry:
+        entry["hosts"] = [
+            {k: v for k, v in h.items() if k not in ("experiment", "predicted", "hosts")} for h in entry["hosts"]
+        ]
     state.log.append({**entry, "finished": time.time()})
     save_state(study, state)
 
@@ -345,5 +444,7 @@ def resume(store: Store, name: str) -> bool:
     state = load_state(study)
     was = state.paused
     state.paused, state.pause_reason, state.bad = False, None, 0
+    for hs in state.hosts.values():
+        hs.bad = 0
     save_state(study, state)
     return was

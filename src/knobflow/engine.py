@@ -300,7 +300,7 @@ def run_trial(
     if reason:
         raise ExperimentStopped(reason)
     tuner = registry.create(
-        exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.model.tuner.options, defaults=exp.defaults()
+        exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.tuner_options(), defaults=exp.defaults()
     )
     _queue_remeasure(exp, store, study)
     try:

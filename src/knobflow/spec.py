@@ -9,6 +9,7 @@ Validation has no side effects: nothing is created on disk or in any store.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -144,6 +145,10 @@ class Continuous(_Model):
     max_step: Annotated[float, Field(gt=0, le=1)] = 0.25  # largest move per round, fraction of a range
     reward_floor: Annotated[float, Field(ge=-1, le=1)] = -0.2  # below it: restore the last good configuration
     pause_after: Annotated[int, Field(ge=1)] = 3  # consecutive bad rounds before pausing
+    per_host: bool = False  # tune each host of target.hosts apart, one after another in a round
+    # autoscope with per_host: each feature's value for a host, from the inventory:
+    # "group" (the host's group among the feature's values), "host" (its name) or "var:NAME"
+    context: dict[str, str] = Field(default_factory=dict)
 
 
 def schedule_problem(schedule: str) -> str | None:
@@ -219,6 +224,22 @@ class Experiment:
     def continuous(self) -> Continuous:
         """The continuous-tuning settings (their defaults when the file gives no block)."""
         return self.model.continuous or Continuous()
+
+    def for_hosts(self, pattern: str) -> Experiment:
+        """This experiment with ``target.hosts`` replaced (one host of a per-host continuous round)."""
+        target = self.model.target.model_copy(update={"hosts": pattern})
+        return dataclasses.replace(self, model=self.model.model_copy(update={"target": target}))
+
+    def tuner_options(self) -> dict[str, Any]:
+        """The tuner's options; for per-host contexts (``continuous.context``) with a placeholder
+        context that fits the features (each host's own comes from the inventory in each round)."""
+        options = self.model.tuner.options
+        c = self.model.continuous
+        if self.model.mode == "continuous" and c is not None and c.context and "context" not in options:
+            from knobflow.tuners.online_adapter import per_host_options
+
+            return per_host_options(options)
+        return options
 
     @property
     def tunables(self) -> list[Tunable]:
@@ -578,7 +599,7 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
         out.append(Problem("tuner.name", f"unknown tuner {m.tuner.name!r}; known: {', '.join(registry.names())}"))
     elif space_ok and (
         why := registry.check(
-            m.tuner.name, m.tuner.options, _distributions(m.tunables), objectives=len(exp.objective_list)
+            m.tuner.name, exp.tuner_options(), _distributions(m.tunables), objectives=len(exp.objective_list)
         )
     ):
         out.append(Problem("tuner.options" if why.startswith("options") else "tuner.name", why))
@@ -791,4 +812,66 @@ def _continuous_problems(m: ExperimentModel) -> list[Problem]:
     c = m.continuous or Continuous()
     if (why := schedule_problem(c.schedule)) is not None:
         out.append(Problem("continuous.schedule", why))
+    out.extend(_context_problems(m, c))
+    return out
+
+
+CONTEXT_SOURCE = re.compile(r"^(group|host|var:[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _context_problems(m: ExperimentModel, c: Continuous) -> list[Problem]:
+    """``continuous.context``: per-host contexts of an autoscope experiment, checked against its features."""
+    if not c.context:
+        if (
+            c.per_host
+            and m.tuner.name == "autoscope"
+            and m.tuner.options.get("features")
+            and "context" not in m.tuner.options
+        ):
+            return [
+                Problem(
+                    "continuous.context",
+                    "per_host with autoscope features: give each feature's source, e.g. {group: group}",
+                )
+            ]
+        return []
+    if not c.per_host:
+        return [Problem("continuous.context", "per-host contexts need per_host: true")]
+    if m.tuner.name != "autoscope":
+        return [Problem("continuous.context", f"contexts are for tuner autoscope, not {m.tuner.name!r}")]
+    if "context" in m.tuner.options:
+        return [
+            Problem(
+                "tuner.options.context",
+                "with continuous.context each host's context comes from the inventory; remove it",
+            )
+        ]
+    features = m.tuner.options.get("features")
+    if not isinstance(features, list) or not features:
+        return [
+            Problem(
+                "tuner.options.features",
+                "continuous.context needs the autoscope features, e.g. [{name: group, values: [web, db]}]",
+            )
+        ]
+    out: list[Problem] = []
+    numeric: dict[str, bool] = {}
+    for f in features:
+        if isinstance(f, dict) and isinstance(f.get("name"), str):
+            numeric[f["name"]] = f.get("values") is None
+    for name, source in c.context.items():
+        where = f"continuous.context.{name}"
+        if name not in numeric:
+            out.append(Problem(where, f"not a feature of tuner.options.features ({', '.join(numeric)})"))
+        elif not CONTEXT_SOURCE.match(source):
+            out.append(
+                Problem(where, f"{source!r} is not a source: use group, host or var:NAME (an inventory variable)")
+            )
+        elif numeric[name] and not source.startswith("var:"):
+            out.append(Problem(where, f"feature {name!r} is numeric: its source must be var:NAME, not {source!r}"))
+    for name in numeric:
+        if name not in c.context:
+            out.append(
+                Problem("continuous.context", f"feature {name!r} has no source (give {name}: group, host or var:NAME)")
+            )
     return out

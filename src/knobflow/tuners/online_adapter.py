@@ -255,6 +255,61 @@ def constructor_args(name: str, options: dict[str, Any], seed: int) -> tuple[str
     return algorithm, args
 
 
+def per_host_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of an autoscope experiment whose contexts come from the inventory
+    (``continuous.context``): a placeholder ``context`` that fits its features (each categorical
+    feature's first value, each numeric one's ``min`` or 0), so that it builds and checks like an
+    experiment with one context (every round passes each host's own), and, unless the options give
+    ``internal_weights``, a router that starts with each value of the first categorical feature in
+    a leaf of its own (:func:`separating_weights`)."""
+    placeholder: dict[str, Any] = {}
+    features = options.get("features") or []
+    for f in features:
+        if isinstance(f, dict) and isinstance(f.get("name"), str):
+            values = f.get("values")
+            placeholder[f["name"]] = values[0] if isinstance(values, list) and values else (f.get("min") or 0.0)
+    out = {**options, "context": placeholder}
+    if "internal_weights" not in options:
+        height = options.get("height", 3)
+        weights = separating_weights(features, height) if isinstance(height, int) and 1 <= height <= 10 else None
+        if weights is not None:
+            out["internal_weights"] = weights
+    return out
+
+
+def separating_weights(features: list[Any], height: int) -> list[list[float]] | None:
+    """Router weights that send value i of the first categorical feature to leaf i (left where
+    bit d of i, from the top, is 0: the hand-set weights of the spec's property 13), with zero
+    weight on every other feature; None when there is no categorical feature, a malformed one,
+    or more values than the 2**height leaves. Learned routing from random weights rarely keeps two
+    contexts with different optima apart (in 60 simulated rounds of two host groups whose best
+    configurations are opposite, 5 seeds out of 5 ended with both groups in one leaf), so a
+    per-host experiment starts with each group tuned apart; the router may still learn to merge them."""
+    widths: list[int] = []
+    first: tuple[int, int] | None = None  # (column of its first value, number of values)
+    for f in features:
+        if not isinstance(f, dict):
+            return None
+        values = f.get("values")
+        if isinstance(values, list):
+            if first is None:
+                first = (sum(widths), len(values))
+            widths.append(len(values))
+        else:
+            widths.append(1)
+    if first is None or first[1] > 2**height:
+        return None
+    w = [[0.0] * sum(widths) for _ in range(2**height - 1)]
+    column, k = first
+    for i in range(k):
+        node = 0
+        for depth in range(height):
+            bit = (i >> (height - 1 - depth)) & 1
+            w[node][column + i] = -1.0 if bit else 1.0
+            node = 2 * node + 1 + bit
+    return w
+
+
 def context_of(name: str, options: dict[str, Any]) -> dict[str, Any] | None:
     if name != "autoscope":
         return None
