@@ -3,7 +3,10 @@ mix and workload seed in a round, and the regret is computed as documented (a fa
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 
 from benchmarks.drift import run as drift
 from knobflow.tuners.online_adapter import reward
+from tests.conftest import REPO
 
 
 class FakeWorkload:
@@ -97,3 +101,22 @@ def test_the_configuration_file_is_the_roles_format() -> None:
         "pragmas": {"journal_mode": "wal"},
         "batch_size": 10,
     }
+
+
+@pytest.mark.slow
+def test_the_live_drift_run_goes_through_real_rounds(tmp_path: Path) -> None:
+    """benchmarks/drift/live.py, shortened: one round per phase against the live service."""
+    argv = [sys.executable, "-m", "benchmarks.drift.live", "--rounds", "1", "--window", "0.6", "--settle", "0.2"]
+    argv += ["--interval", "0.3", "--reference-windows", "1", "--out", str(tmp_path), "--no-plot"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rounds = [json.loads(line) for line in (tmp_path / "live.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["phase"], r["action"]) for r in rounds] == [
+        (0, "read-heavy", "baseline"),
+        (1, "read-heavy", "predicted"),
+        (2, "write-heavy", "predicted"),
+    ]
+    assert all(r["value"] > 0 and r["failed"] is None for r in rounds)
+    summary = json.loads((tmp_path / "live-summary.json").read_text())
+    assert set(summary["phases"]) == {"read-heavy", "write-heavy"}
+    assert all(len(v) == 1 and v[0] > 0 for v in summary["reference"].values())
