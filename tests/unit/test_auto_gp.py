@@ -44,3 +44,49 @@ def test_the_pick_skips_refused_candidates_instead_of_falling_back_to_random() -
     assert got is not None and got.source == "auto/gp-ei"
     assert got.params["x"] == pytest.approx(0.8)
     assert tuner._pick(enc, u, c, scores, lambda cs: np.zeros(len(cs)), lambda cfg: "no", "auto/gp-ei") is None
+
+
+def test_the_second_phase_starts_at_the_20th_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the 20th trial the GP fits rank-transformed values with the long length-scale prior;
+    from it on, standardised values with the prior shifted by LATE_LS_SHIFT (docstring, 5.)."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from knobflow import space as space_module
+    from knobflow.tuners import auto
+
+    fits: list[tuple[int, float, np.ndarray]] = []
+    real_fit = auto.GP.fit
+
+    def fit(self: auto.GP, D: np.ndarray, y: np.ndarray) -> None:
+        fits.append((y.size, self.ls_shift, y.copy()))
+        real_fit(self, D, y)
+
+    monkeypatch.setattr(auto.GP, "fit", fit)
+    sp = space_module.Space(
+        [
+            space_module.Param("x", FloatDistribution(0.0, 1.0), 0.5, "stack"),
+            space_module.Param("n", IntDistribution(1, 64), 8, "stack"),
+        ]
+    )
+    study = optuna.create_study(direction="minimize")
+    rng = np.random.default_rng(0)
+    tuner = auto.AutoTuner(seed=1)
+    for _ in range(auto.LATE_AT + 2):
+        p = tuner.propose(study, sp, study.get_trials(deepcopy=False), lambda cfg: None)
+        assert p is not None
+        x, n = p.params["x"], p.params["n"]
+        value = float(np.exp(5 * x) + n + rng.normal())  # heavy-tailed on purpose
+        study.add_trial(optuna.trial.create_trial(params=p.params, distributions=sp.distributions(), value=value))
+    early = [f for f in fits if f[0] < auto.LATE_AT]  # fitted on fewer than 20 trials
+    late = [f for f in fits if f[0] >= auto.LATE_AT]
+    assert len(early) >= 10 and len(late) == 2
+    for _, shift, z in early:
+        assert shift == 0.0
+        assert sorted(z.tolist()) == pytest.approx(sorted(auto._copula(z).tolist()))  # normal scores of ranks
+    for _, shift, z in late:
+        assert shift == auto.LATE_LS_SHIFT
+        assert float(z.mean()) == pytest.approx(0.0, abs=1e-9) and float(z.std()) == pytest.approx(1.0)
+        assert sorted(z.tolist()) != pytest.approx(sorted(auto._copula(z).tolist()))
+    gp = auto.GP(d=2, ls_shift=auto.LATE_LS_SHIFT)
+    assert gp.prior_mu == pytest.approx(auto.GP(d=2).prior_mu + auto.LATE_LS_SHIFT)
