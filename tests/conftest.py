@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,15 @@ def knobflow(*args: str, home: Path, timeout: float = 600, check: bool = False) 
     if check and proc.returncode != 0:
         raise AssertionError(f"knobflow {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def role_module(role: str, name: str) -> Any:
+    """A role's Ansible module (roles/ROLE/library/NAME.py), loaded from its file as Ansible runs it."""
+    import importlib.util
+
+    path = REPO / "roles" / role / "library" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
+from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import role_module
 
 
-def _module():
-    path = REPO / "roles" / "bench_command" / "library" / "bench_command_run.py"
-    spec = importlib.util.spec_from_file_location("bench_command_run", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _module() -> Any:
+    return role_module("bench_command", "bench_command_run")
 
 
 @pytest.mark.parametrize(

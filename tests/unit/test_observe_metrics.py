@@ -5,7 +5,6 @@ is loaded as Ansible would run it; the clock and sleep are injected, the documen
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import role_module
 
 PROM = """\
 # HELP http_requests_total Requests.
@@ -29,12 +28,7 @@ up 1
 
 
 def _module() -> Any:
-    path = REPO / "roles" / "observe_metrics" / "library" / "observe_metrics_sample.py"
-    spec = importlib.util.spec_from_file_location("observe_metrics_sample", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return role_module("observe_metrics", "observe_metrics_sample")
 
 
 M = _module()
