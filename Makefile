@@ -31,6 +31,7 @@ lint: venv
 	$(BIN)/ruff format --check src tests dags benchmarks roles
 	$(BIN)/mypy
 	cd roles && ../$(BIN)/ansible-lint --offline --profile production .
+	cd examples/custom-layer/roles && ../../../$(BIN)/ansible-lint --offline --profile production .
 	ANSIBLE_ROLES_PATH=$(CURDIR)/roles $(BIN)/ansible-lint --offline --profile production playbooks
 
 overhead: venv

@@ -18,12 +18,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from knobflow import _paths, progress, results
+from knobflow import _paths, progress, results, spec
 from knobflow.ansible import bridge
 from knobflow.spec import Experiment
 from knobflow.store import Store, TrialRecord, counts_toward_budget
 from knobflow.tuners import base as tuners_base
 from knobflow.tuners import registry
+
+
+class SetupFailed(Exception):
+    """The experiment's set-up steps, or a layer role's validation of the tunables, failed."""
 
 
 class ExperimentStopped(Exception):
@@ -145,6 +149,14 @@ def prepare(exp: Experiment, lim: Limits) -> Plan:
     p = store.progress(study)
     reason = stop_reason(exp, store, study, lim)
     slots = 0 if reason else lim.trials - p.done
+    if slots > 0:
+        try:
+            set_up(exp)
+        except SetupFailed as exc:
+            study.set_user_attr("setup_error", str(exc))
+            raise
+        if study.user_attrs.get("setup_error"):
+            study.set_user_attr("setup_error", None)
     return Plan(
         experiment=exp.name,
         done=p.done,
@@ -175,6 +187,60 @@ def _extravars(exp: Experiment, number: int, params: dict[str, Any]) -> dict[str
         },
     }
     return {**exp.extravars(), "knobflow": knobflow}
+
+
+def _tunables_by_layer(exp: Experiment) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for t in exp.model.tunables:
+        out.setdefault(t.layer, []).append(t.model_dump(exclude={"layer", "description", "when"}))
+    return out
+
+
+def validating_layers(exp: Experiment) -> list[str]:
+    """The layers whose role has a ``validate`` task file (run by validate.yml before any trial)."""
+    roles_path = exp.roles_path()
+    return [
+        name for name, layer in exp.model.layers.items() if spec.role_tasks_file(layer.role, "validate", roles_path)
+    ]
+
+
+def _steps(steps: list[spec.Step]) -> list[dict[str, str]]:
+    return [{"role": st.role, "tasks_from": st.tasks_from} for st in steps]
+
+
+def set_up(exp: Experiment) -> list[str]:
+    """Run the experiment's set-up steps (setup.yml), then the layer roles' validation of the
+    declared tunables against the real target (validate.yml). Returns what ran; raises
+    :class:`SetupFailed` naming the step that failed."""
+    done: list[str] = []
+    log = _paths.knobflow_home() / "logs" / exp.name / "setup.log"
+    base = _extravars(exp, -1, {})
+    if exp.model.setup:
+        base["knobflow"]["setup"] = _steps(exp.model.setup)
+        result = _run_on_target(exp, "setup.yml", base, log)
+        if not result.ok:
+            raise SetupFailed(f"set-up failed: {result.reason} (log: {log})")
+        done.append("setup: " + ", ".join(f"{st.role}/{st.tasks_from}" for st in exp.model.setup))
+    layers = validating_layers(exp)
+    if layers:
+        base["knobflow"]["validate"] = layers
+        base["knobflow"]["tunables"] = _tunables_by_layer(exp)
+        result = _run_on_target(exp, "validate.yml", base, log)
+        if not result.ok:
+            raise SetupFailed(f"the target refused the tunables: {result.reason} (log: {log})")
+        done.append("validated layers: " + ", ".join(layers))
+    return done
+
+
+def tear_down(exp: Experiment) -> str | None:
+    """Run the experiment's tear-down steps (teardown.yml); the failure reason, or None."""
+    if not exp.model.teardown:
+        return None
+    extravars = _extravars(exp, -1, {})
+    extravars["knobflow"]["teardown"] = _steps(exp.model.teardown)
+    log = _paths.knobflow_home() / "logs" / exp.name / "teardown.log"
+    result = _run_on_target(exp, "teardown.yml", extravars, log)
+    return None if result.ok else f"tear-down failed: {result.reason} (log: {log})"
 
 
 def trial_log_path(exp: Experiment, number: int) -> Path:
@@ -425,7 +491,8 @@ def summarize(exp: Experiment, lim: Limits | None = None) -> Summary:
         gain_pct=gain,
         metric=objectives.labels[0],
         direction=objectives.directions[0],
-        stop_reason=stop_reason(exp, store, study, lim),
+        # A set-up that failed in this run stopped it before any trial: say so first.
+        stop_reason=study.user_attrs.get("setup_error") or stop_reason(exp, store, study, lim),
         finish_action=exp.model.finish,
         best_value=best_value,
         best_measurements=measurements,
@@ -439,16 +506,17 @@ def finish(exp: Experiment, lim: Limits) -> Summary:
     """Summarise the experiment and leave the target as ``finish`` says (revert, best or keep)."""
     summary = summarize(exp, lim)
     action = exp.model.finish
-    if action == "keep":
-        progress.emit("finish", summary)
-        return summary
-    if action == "best" and summary.best is not None:
-        playbook, extravars = "apply.yml", _extravars(exp, summary.best.number, summary.best.params)
-    else:
-        summary.finish_action = "revert"  # also for `best` when no trial completed
-        playbook, extravars = "revert.yml", _extravars(exp, -1, {})
-    result = _run_on_target(exp, playbook, extravars, _paths.knobflow_home() / "logs" / exp.name / "finish.log")
-    if not result.ok:
-        summary.finish_error = f"{action} failed: {result.reason}"
+    if action != "keep":
+        if action == "best" and summary.best is not None:
+            playbook, extravars = "apply.yml", _extravars(exp, summary.best.number, summary.best.params)
+        else:
+            summary.finish_action = "revert"  # also for `best` when no trial completed
+            playbook, extravars = "revert.yml", _extravars(exp, -1, {})
+        log = _paths.knobflow_home() / "logs" / exp.name / "finish.log"
+        result = _run_on_target(exp, playbook, extravars, log)
+        if not result.ok:
+            summary.finish_error = f"{action} failed: {result.reason}"
+    if (why := tear_down(exp)) is not None:
+        summary.finish_error = f"{summary.finish_error}; {why}" if summary.finish_error else why
     progress.emit("finish", summary)
     return summary

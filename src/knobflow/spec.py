@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ class Objective(_Model):
 
 class Tunable(_Model):
     name: Annotated[str, Field(pattern=NAME_RE)]
-    layer: Literal["container", "runtime", "stack", "os"]
+    layer: Annotated[str, Field(pattern=NAME_RE)]  # a built-in layer (LAYERS) or one declared under `layers`
     type: Literal["int", "float", "categorical", "bool"]
     low: int | float | None = None
     high: int | float | None = None
@@ -67,6 +68,14 @@ class Tunable(_Model):
 
 class Layer(_Model):
     role: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+
+class Step(_Model):
+    """A set-up or tear-down step: one task file of a role, run once per `knobflow run`."""
+
+    role: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    tasks_from: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "main"
     vars: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -172,7 +181,10 @@ class ExperimentModel(_Model):
     slos: list[str] = Field(default_factory=list)
     tunables: Annotated[list[Tunable], Field(min_length=1)]
     constraints: list[str] = Field(default_factory=list)
-    layers: dict[Literal["container", "runtime", "stack", "os"], Layer] = Field(default_factory=dict)
+    layers: dict[Annotated[str, Field(pattern=NAME_RE)], Layer] = Field(default_factory=dict)
+    setup: list[Step] = Field(default_factory=list)
+    teardown: list[Step] = Field(default_factory=list)
+    roles_path: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # your own roles
     vars: dict[str, Any] = Field(default_factory=dict)
     tuner: TunerSpec = Field(default_factory=TunerSpec)
     budget: Budget
@@ -290,11 +302,15 @@ class Experiment:
             return _paths.default_inventory()
         return _resolve_content_path(inv, self.base_dir, "inventories") or (self.base_dir / inv)
 
+    def declared_roles_path(self) -> list[Path]:
+        return [(self.base_dir / Path(os.path.expandvars(p)).expanduser()).resolve() for p in self.model.roles_path]
+
     def roles_path(self) -> list[Path]:
-        """Roles next to the experiment file come first, then knobflow's own."""
+        """Where Ansible looks for roles: the file's ``roles_path`` entries (relative to the file; ``~``
+        and environment variables expanded), then a ``roles/`` folder next to the file, then knobflow's own."""
         own = self.base_dir / "roles"
-        paths = [own] if own.is_dir() else []
-        return [*paths, _paths.roles_dir()]
+        paths = [*self.declared_roles_path(), *([own] if own.is_dir() else [])]
+        return list(dict.fromkeys([*paths, _paths.roles_dir()]))
 
     def benchmark_playbook(self) -> Path | None:
         pb = self.model.benchmark.playbook
@@ -331,6 +347,8 @@ class Experiment:
         merged: dict[str, Any] = dict(self.model.vars)
         for layer in self.model.layers.values():
             merged.update(layer.vars)
+        for step in [*self.model.setup, *self.model.teardown]:
+            merged.update(step.vars)
         merged.update(self.model.benchmark.vars)
         return merged
 
@@ -551,6 +569,17 @@ def _role_exists(name: str, roles_path: list[Path]) -> bool:
     return any((d / name / "tasks").is_dir() for d in roles_path)
 
 
+def role_tasks_file(name: str, tasks_from: str, roles_path: list[Path]) -> Path | None:
+    """The task file ``tasks_from`` of role ``name`` as Ansible would find it (first role found wins)."""
+    for d in roles_path:
+        if (d / name / "tasks").is_dir():
+            for ext in (".yml", ".yaml", ""):
+                if (d / name / "tasks" / f"{tasks_from}{ext}").is_file():
+                    return d / name / "tasks" / f"{tasks_from}{ext}"
+            return None
+    return None
+
+
 def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
     from knobflow.tuners import registry
 
@@ -569,20 +598,39 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
     out.extend(_objective_problems(m))
     out.extend(_budget_problems(m))
 
+    for i, (entry, folder) in enumerate(zip(m.roles_path, exp.declared_roles_path(), strict=True)):
+        if not folder.is_dir():
+            out.append(Problem(f"roles_path[{i}]", f"no such folder: {folder} (from {entry!r})"))
     roles_path = exp.roles_path()
-    used_layers = sorted({t.layer for t in m.tunables}, key=LAYERS.index)
+    used_layers = list(dict.fromkeys(t.layer for t in m.tunables))
     for layer in used_layers:
         if layer not in m.layers:
             first = next(i for i, t in enumerate(m.tunables) if t.layer == layer)
-            out.append(
-                Problem(
-                    f"tunables[{first}].layer",
-                    f"layer {layer!r} has no role: add layers.{layer}.role (the role that applies it)",
+            if layer in LAYERS:
+                missing = f"layer {layer!r} has no role: add layers.{layer}.role (the role that applies it)"
+            else:
+                missing = (
+                    f"unknown layer {layer!r}: the built-in layers are {', '.join(LAYERS)}; to add your own, "
+                    f"declare it under layers.{layer} with the role that applies it"
                 )
-            )
+            out.append(Problem(f"tunables[{first}].layer", missing))
     for layer, spec in m.layers.items():
         if not _role_exists(spec.role, roles_path):
             out.append(Problem(f"layers.{layer}.role", f"no role {spec.role!r} in {', '.join(map(str, roles_path))}"))
+        elif spec.role.count(".") < 2 and role_tasks_file(spec.role, "revert", roles_path) is None:
+            out.append(
+                Problem(
+                    f"layers.{layer}.role",
+                    f"role {spec.role!r} has no tasks/revert.yml: a layer role must be able to put back what it "
+                    "changed (see docs/roles.md)",
+                )
+            )
+    for kind, steps in (("setup", m.setup), ("teardown", m.teardown)):
+        for i, step in enumerate(steps):
+            if not _role_exists(step.role, roles_path):
+                out.append(Problem(f"{kind}[{i}].role", f"no role {step.role!r} in {', '.join(map(str, roles_path))}"))
+            elif step.role.count(".") < 2 and role_tasks_file(step.role, step.tasks_from, roles_path) is None:
+                out.append(Problem(f"{kind}[{i}].tasks_from", f"role {step.role!r} has no tasks/{step.tasks_from}.yml"))
 
     b = m.benchmark
     if (b.role is None) == (b.playbook is None):
@@ -631,6 +679,8 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
     settings_vars = {f"{layer.role}_settings" for layer in m.layers.values()}
     owners: dict[str, str] = {}
     sources = [("vars", m.vars)] + [(f"layers.{k}.vars", v.vars) for k, v in m.layers.items()]
+    sources += [(f"setup[{i}].vars", st.vars) for i, st in enumerate(m.setup)]
+    sources += [(f"teardown[{i}].vars", st.vars) for i, st in enumerate(m.teardown)]
     sources.append(("benchmark.vars", b.vars))
     for where, variables in sources:
         for key in variables:
@@ -809,6 +859,15 @@ def _continuous_problems(m: ExperimentModel) -> list[Problem]:
                 f"mode: continuous needs an online tuner ({', '.join(online_names())}), not {m.tuner.name!r}",
             )
         )
+    for kind in ("setup", "teardown"):
+        if getattr(m, kind):
+            out.append(
+                Problem(
+                    kind,
+                    f"{kind} steps are for offline experiments: continuous tuning works on a live system that "
+                    "is already running and never finishes",
+                )
+            )
     c = m.continuous or Continuous()
     if (why := schedule_problem(c.schedule)) is not None:
         out.append(Problem("continuous.schedule", why))

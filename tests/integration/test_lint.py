@@ -14,13 +14,13 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("target", ["roles", "playbooks"])
+@pytest.mark.parametrize("target", ["roles", "playbooks", "examples/custom-layer/roles"])
 def test_ansible_lint_production_profile(target: str) -> None:
     lint = Path(sys.executable).parent / "ansible-lint"
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles")}
     out = subprocess.run(
-        [str(lint), "--offline", "--profile", "production", "." if target == "roles" else target],
-        cwd=REPO if target == "playbooks" else REPO / "roles",
+        [str(lint), "--offline", "--profile", "production", "playbooks" if target == "playbooks" else "."],
+        cwd=REPO if target == "playbooks" else REPO / target,
         env=env,
         capture_output=True,
         text=True,

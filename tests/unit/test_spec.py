@@ -125,3 +125,48 @@ def test_float_and_step_tunables() -> None:
     )
     exp = spec.parse(text, base_dir=REPO)
     assert [t.name for t in exp.tunables] == ["cache_size_kib", "batch_size", "ratio", "journal_mode"]
+
+
+def _custom(tmp_path: Path, extra: str = "") -> Path:
+    roles = tmp_path / "ops-roles" / "env_file" / "tasks"
+    roles.mkdir(parents=True)
+    for name in ("main", "revert"):
+        (roles / f"{name}.yml").write_text("---\n- name: Noop\n  ansible.builtin.debug:\n    msg: x\n")
+    f = tmp_path / "exp" / "custom.yaml"
+    f.parent.mkdir()
+    f.write_text(
+        "name: custom\nobjective: {metric: score, direction: maximize}\n"
+        "tunables:\n"
+        "  - {name: threads, layer: app, type: int, low: 1, high: 4, default: 1}\n"
+        "  - {name: batch_size, layer: stack, type: int, low: 1, high: 9, default: 1}\n"
+        "layers:\n  app: {role: env_file}\n  stack: {role: sqlite_config}\n"
+        "roles_path: [../ops-roles]\n"
+        "benchmark: {role: bench_command, vars: {bench_command_argv: [echo]}}\nbudget: {trials: 2}\n" + extra
+    )
+    return f
+
+
+def test_a_custom_layer_is_declared_with_its_role_from_the_roles_path(tmp_path: Path) -> None:
+    exp = spec.load(_custom(tmp_path))
+    assert exp.roles_path()[0] == (tmp_path / "ops-roles").resolve()
+    assert exp.roles_path()[-1] == REPO / "roles"
+    assert exp.params_by_layer({"threads": 2, "batch_size": 3}) == {"app": {"threads": 2}, "stack": {"batch_size": 3}}
+
+
+def test_an_undeclared_custom_layer_says_how_to_declare_it(tmp_path: Path) -> None:
+    f = _custom(tmp_path)
+    f.write_text(f.read_text().replace("  app: {role: env_file}\n", ""))
+    with pytest.raises(spec.SpecError) as info:
+        spec.load(f)
+    [problem] = info.value.problems
+    assert problem.path == "tunables[0].layer"
+    assert "unknown layer 'app'" in problem.message and "declare it under layers.app" in problem.message
+
+
+def test_setup_and_teardown_vars_are_extra_variables_checked_like_the_others(tmp_path: Path) -> None:
+    exp = spec.load(_custom(tmp_path, "setup:\n  - {role: env_file, vars: {pg_port: 5499}}\n"))
+    assert exp.extravars()["pg_port"] == 5499
+    f = _custom(tmp_path / "again", "vars: {pg_port: 1}\nteardown:\n  - {role: env_file, vars: {pg_port: 5499}}\n")
+    with pytest.raises(spec.SpecError) as info:
+        spec.load(f)
+    assert [p.path for p in info.value.problems] == ["teardown[0].vars.pg_port"]

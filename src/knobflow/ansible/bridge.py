@@ -33,6 +33,7 @@ class RunResult:
     failed_task: str | None = None
     duration_s: float = 0.0
     task_times: dict[str, float] = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)  # "host: task" of every task (or loop item) that changed
 
     @property
     def ok(self) -> bool:
@@ -62,6 +63,7 @@ class _Events:
         self.lock = threading.Lock()
         self.last_line = ""
         self.error_line = ""
+        self.changed: list[str] = []
 
     def __call__(self, event: dict[str, Any]) -> bool:
         stdout = event.get("stdout")
@@ -84,6 +86,9 @@ class _Events:
             task = data.get("task", "")
             if task in self.task_started:
                 self.task_times[task] = self.task_times.get(task, 0.0) + time.monotonic() - self.task_started.pop(task)
+        if name == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+            with self.lock:
+                self.changed.append(f"{data.get('host')}: {data.get('task')}")
         if name in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
             with self.lock:
                 if self.reason is None:
@@ -130,8 +135,14 @@ def run_playbook(
     on_line: Callable[[str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     keep_artifacts: bool = False,
+    check: bool = False,
+    diff: bool = False,
 ) -> RunResult:
-    """Run one playbook and return its status, set_stats data and failure reason."""
+    """Run one playbook and return its status, set_stats data, failure reason and changed tasks.
+
+    ``check`` runs it in Ansible's check mode (``--check``: roles report what they would change
+    and change nothing); ``diff`` adds ``--diff`` (the roles' before/after text goes to the log).
+    """
     import ansible_runner
 
     playbook = Path(playbook)
@@ -178,6 +189,7 @@ def run_playbook(
             event_handler=events,
             cancel_callback=cancel or (lambda: False),
             rotate_artifacts=1,
+            cmdline=" ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on) or None,
         )
         status, rc = str(r.status), int(r.rc if r.rc is not None else -1)
     except Exception as exc:  # ansible-runner raised before or while starting the playbook
@@ -212,4 +224,5 @@ def run_playbook(
         failed_task=events.failed_task,
         duration_s=duration,
         task_times=events.task_times,
+        changed=events.changed,
     )
