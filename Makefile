@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.knobflow-installed
 export KNOBFLOW_HOME ?= $(CURDIR)/.knobflow
 
-.PHONY: demo test test-fast lint venv clean overhead
+.PHONY: demo test test-fast lint venv system clean overhead
 
 venv: $(STAMP)
 
@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/knobflow run experiments/sqlite-demo.yaml
 
-test: venv
+# Debian packages the tests need (system-packages.txt): installed with apt-get when missing.
+system:
+	scripts/system-deps.sh
+
+test: venv system
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
