@@ -683,6 +683,36 @@ def _failed(v: _View) -> list[dict[str, Any]]:
     ]
 
 
+def cmd_remeasure(args: argparse.Namespace) -> int:
+    from knobflow import engine, remeasure, spec
+    from knobflow.store import StoreError
+
+    try:
+        exp = spec.load(args.file)
+    except spec.SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    home = _paths.knobflow_home()
+
+    def on_run(label: str, i: int, value: float | None, why: str) -> None:
+        shown = remeasure.fmt(value) if value is not None else f"FAILED: {why}"
+        print(f"  run {i:>2} {label:<10} {shown}", flush=True)
+
+    try:
+        with _experiment_lock(home, exp.name):
+            result = remeasure.remeasure(exp, times=args.times, trial=args.trial, keep=args.keep, on_run=on_run)
+    except (ValueError, StoreError) as exc:
+        print(f"knobflow remeasure: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except (RuntimeError, engine.SetupFailed) as exc:
+        print(f"knobflow remeasure: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(remeasure.report(result))
+    path = remeasure.write(result, args.out)
+    print(f"written: {path}")
+    return EXIT_OK if result.baseline.values and result.candidate.values else EXIT_FAILED
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from knobflow.store import StoreError
 
@@ -1304,6 +1334,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--storage", help=storage_help)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "remeasure",
+        help="run the baseline and the best (or a chosen) trial again, interleaved, and compare their spread",
+    )
+    p.add_argument("file", type=Path, help="the experiment file")
+    p.add_argument("--times", type=int, default=10, help="runs of each configuration (10)")
+    p.add_argument("--trial", type=int, help="the trial to compare with the baseline (default: the best)")
+    p.add_argument(
+        "--keep",
+        choices=["none", "candidate"],
+        default="none",
+        help="leave the target reverted (none, the default) or with the candidate applied",
+    )
+    p.add_argument("--out", type=Path, help="JSON file for the result (default: the experiment's log folder)")
+    p.set_defaults(func=cmd_remeasure)
 
     p = sub.add_parser("export", help="write an experiment's trials as CSV or JSON rows (`import` reads them back)")
     p.add_argument("name", help="experiment name, or its file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import textwrap
@@ -58,6 +59,20 @@ def test_custom_layer_from_a_roles_path_outside_the_repository_runs_and_is_rever
     assert env_file.read_text() == original
     assert env_file.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in env_file.parent.iterdir()) == ["hashapp.env"]
+
+    # `knobflow remeasure`: the baseline and trial 1 again, interleaved, outside the study.
+    out_json = tmp_path / "remeasure.json"
+    again = knobflow("remeasure", str(f), "--times", "2", "--trial", "1", "--out", str(out_json), home=home, check=True)
+    runs = [line.split()[2:4] for line in again.stdout.splitlines() if line.startswith("  run ")]
+    assert [r[0] for r in runs] == ["baseline", "trial", "trial", "baseline"], again.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["candidate_trial"] == 1 and doc["times"] == 2
+    assert doc["baseline"]["stats"]["n"] == 2 and doc["candidate"]["stats"]["n"] == 2
+    assert all(m["chunk_kb"] == 1 for m in doc["baseline"]["metrics"])
+    assert all(m["chunk_kb"] == records[1].params["chunk_kb"] for m in doc["candidate"]["metrics"])
+    assert "gain of the medians:" in again.stdout
+    assert len(store.trials(study)) == 3, "re-measuring records no trial"
+    assert env_file.read_text() == original
 
 
 def _role(root: Path, name: str, tasks: dict[str, str]) -> None:

@@ -159,6 +159,9 @@ def run_playbook(
         "ANSIBLE_SYSTEM_WARNINGS": "False",
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        # ansible-runner turns host key checking off unless told otherwise; keep Ansible's own
+        # default (on), so that an SSH target with an unknown or changed key is refused.
+        "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"),
     }
     # Use the ansible-playbook next to this Python: a venv need not be activated.
     bindir = str(Path(sys.executable).parent)
