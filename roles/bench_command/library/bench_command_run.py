@@ -46,6 +46,16 @@ options:
   regex:
     description: A regular expression with named groups, applied to standard output.
     type: str
+  cgroups:
+    description:
+      - Cgroup directories (one per hierarchy, for example the C(container_resources_cgroup_paths) of the
+        container_resources role) that the command runs in. The child process writes its own pid into each
+        C(cgroup.procs) before it executes the command, so the command and everything it starts are limited
+        from their first instruction. On a real cgroup file system the child checks C(/proc/self/cgroup)
+        afterwards.
+    type: list
+    elements: path
+    default: []
 author: knobflow maintainers
 """
 
@@ -104,10 +114,89 @@ def _die_with_parent():
         pass
 
 
-def run_command(argv, chdir, env, timeout):
-    """Run argv in its own process group; on timeout kill the whole group (grandchildren included)."""
+class CgroupJoinError(Exception):
+    """The child could not put itself into the benchmark's cgroups."""
+
+
+def cgroup_expectations(paths):
+    """[(path, fstype, mount options, path inside the hierarchy)] of the paths on a real cgroup file system.
+
+    A path on another file system (a stand-in directory) is written to but not checked.
+    """
+    mounts = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] in ("cgroup", "cgroup2"):
+                mounts.append((fields[1].replace("\\040", " "), fields[2], set(fields[3].split(","))))
+    out = []
+    for path in paths:
+        real = os.path.realpath(path)
+        inside = [m for m in mounts if real == m[0] or real.startswith(m[0].rstrip("/") + "/")]
+        if inside:
+            mount, fstype, options = max(inside, key=lambda m: len(m[0]))
+            out.append((path, fstype, options, "/" if real == mount else "/" + os.path.relpath(real, mount)))
+    return out
+
+
+def _join_cgroups(paths, expected, err_fd):
+    """In the child: write our pid into each cgroup.procs, then check /proc/self/cgroup; report through err_fd."""
+    try:
+        for path in paths:
+            target = os.path.join(path, "cgroup.procs")
+            try:
+                fd = os.open(target, os.O_WRONLY)
+                try:
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise OSError(exc.errno, f"writing its pid to {target}: {exc.strerror}") from None
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f if line.count(":") >= 2]
+        for path, fstype, options, inside in expected:
+            for _id, controllers, where in lines:
+                names = set(filter(None, controllers.split(",")))
+                if (fstype == "cgroup2" and not names) or (fstype == "cgroup" and names & options):
+                    if where.rstrip("/") != inside.rstrip("/"):
+                        raise OSError(0, f"still in {where} after joining {path}")
+                    break
+    except OSError as exc:
+        os.write(err_fd, (exc.strerror or str(exc)).encode())
+        raise
+
+
+def run_command(argv, chdir, env, timeout, cgroups=()):
+    """Run argv in its own process group; on timeout kill the whole group (grandchildren included).
+
+    With ``cgroups``, the child joins them before it executes argv (CgroupJoinError when it cannot).
+    """
+    if not cgroups:
+        return _run(argv, chdir, env, timeout, _die_with_parent)
+    expected = cgroup_expectations(cgroups)
+    err_r, err_w = os.pipe()
+
+    def setup():
+        _die_with_parent()
+        _join_cgroups(cgroups, expected, err_w)
+
+    try:
+        return _run(argv, chdir, env, timeout, setup)
+    except subprocess.SubprocessError as exc:
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise
+        os.close(err_w)
+        err_w = -1
+        raise CgroupJoinError(os.read(err_r, 4096).decode(errors="replace") or str(exc)) from None
+    finally:
+        if err_w >= 0:
+            os.close(err_w)
+        os.close(err_r)
+
+
+def _run(argv, chdir, env, timeout, preexec):
     proc = subprocess.Popen(
-        argv, cwd=chdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent
+        argv, cwd=chdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -145,6 +234,7 @@ def main():
             aggregate=dict(type="str", choices=["median", "mean", "trimmed_mean", "min", "max"], default="median"),
             timeout=dict(type="int", default=600),
             regex=dict(type="str"),
+            cgroups=dict(type="list", elements="path", default=[]),
         ),
         supports_check_mode=False,
     )
@@ -155,6 +245,9 @@ def main():
         module.fail_json(msg="repeats must be >= 1 and warmup >= 0")
     if p["chdir"] and not os.path.isdir(p["chdir"]):
         module.fail_json(msg="chdir {} is not a directory on {}".format(p["chdir"], os.uname()[1]))
+    for path in p["cgroups"]:
+        if not os.path.isabs(path) or not os.path.isfile(os.path.join(path, "cgroup.procs")):
+            module.fail_json(msg=f"bench_command_cgroups: {path} is not a cgroup directory (no cgroup.procs)")
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in p["environment"].items()})
     total = p["warmup"] + p["repeats"]
@@ -166,7 +259,9 @@ def main():
             label = f"run {i - p['warmup'] + 1} of {p['repeats']}"
         started = time.monotonic()
         try:
-            proc = run_command(p["argv"], p["chdir"], env, p["timeout"])
+            proc = run_command(p["argv"], p["chdir"], env, p["timeout"], p["cgroups"])
+        except CgroupJoinError as exc:
+            module.fail_json(msg=f"cannot start the benchmark command in its cgroups ({label}): {exc}")
         except subprocess.TimeoutExpired:
             module.fail_json(msg=f"benchmark command timed out after {p['timeout']} s ({label})")
         except OSError as exc:
