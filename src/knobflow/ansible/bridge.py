@@ -10,6 +10,7 @@ ansible-runner does not replace the caller's SIGTERM handler (Airflow's, for ins
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import yaml
 
 from knobflow import _paths
 
@@ -101,6 +104,28 @@ class _Events:
         return True  # keep the event in the artifacts too
 
 
+class _DataMap(dict):
+    """A mapping written with YAML's ``!unsafe`` tag: Ansible never templates anything inside it."""
+
+
+class _DataDumper(yaml.SafeDumper):
+    pass
+
+
+# Tag the mapping, not each string: Ansible re-resolves a tagged scalar as if it were unquoted
+# (`!unsafe "off"` would load as False), while the scalars inside a tagged mapping keep their quoting.
+_DataDumper.add_representer(_DataMap, lambda d, m: d.represent_mapping("!unsafe", dict(m)))
+
+
+def write_data_vars(path: Path, data: dict[str, Any]) -> Path:
+    """Write extra variables whose values are data, not templates: a tunable value such as
+    ``{{ lookup('pipe', 'rm -rf ~') }}`` (from an imported row, an API client, a categorical choice)
+    then reaches roles as that literal text."""
+    doc = {key: _DataMap(value) if isinstance(value, dict) else value for key, value in data.items()}
+    path.write_text(yaml.dump(doc, Dumper=_DataDumper, sort_keys=False, allow_unicode=True))
+    return path
+
+
 def _kill_tagged(tag: str) -> int:
     """SIGKILL every process on this machine whose environment carries ``KNOBFLOW_RUN_TAG=tag``.
 
@@ -140,6 +165,10 @@ def run_playbook(
 ) -> RunResult:
     """Run one playbook and return its status, set_stats data, failure reason and changed tasks.
 
+    The ``knobflow`` extra variable (a trial's parameters, the layers, the benchmark settings) is
+    passed as data that Ansible never templates; the other extra variables (the experiment's
+    ``vars``, which may use Jinja on purpose) are passed as they are.
+
     ``check`` runs it in Ansible's check mode (``--check``: roles report what they would change
     and change nothing); ``diff`` adds ``--diff`` (the roles' before/after text goes to the log).
     """
@@ -178,13 +207,18 @@ def run_playbook(
         log = log_path.open("a")
     events = _Events(log, on_line)
     started = time.monotonic()
+    extravars = dict(extravars or {})
+    flags = [flag for flag, on in (("--check", check), ("--diff", diff)) if on]
+    if "knobflow" in extravars:
+        data = write_data_vars(private / "knobflow-data.yml", {"knobflow": extravars.pop("knobflow")})
+        flags += ["-e", shlex.quote(f"@{data}")]
     try:
         r = ansible_runner.run(
             private_data_dir=str(private),
             project_dir=str(playbook.parent),
             playbook=str(playbook),
             inventory=str(inventory or _paths.default_inventory()),
-            extravars=extravars or {},
+            extravars=extravars,
             envvars=envvars,
             limit=limit,
             timeout=timeout,
@@ -192,7 +226,7 @@ def run_playbook(
             event_handler=events,
             cancel_callback=cancel or (lambda: False),
             rotate_artifacts=1,
-            cmdline=" ".join(flag for flag, on in (("--check", check), ("--diff", diff)) if on) or None,
+            cmdline=" ".join(flags) or None,
         )
         status, rc = str(r.status), int(r.rc if r.rc is not None else -1)
     except Exception as exc:  # ansible-runner raised before or while starting the playbook
