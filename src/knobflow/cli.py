@@ -198,7 +198,8 @@ def _print_summary(summary: Any, out: IO[str]) -> None:
         for k, v in b.params.items():
             print(f"  {k}: {_fmt_value(v)}", file=out)
     if summary.baseline is not None:
-        print(f"baseline: trial {summary.baseline.number}, {m} = {_fmt_value(summary.baseline.value)}", file=out)
+        broke = "" if summary.baseline.feasible else " (it broke an SLO: the gain is over an infeasible baseline)"
+        print(f"baseline: trial {summary.baseline.number}, {m} = {_fmt_value(summary.baseline.value)}{broke}", file=out)
     if summary.gain_pct is not None:
         ratio = ""
         best_v = (
@@ -565,7 +566,9 @@ def _outcome(v: _View) -> dict[str, Any]:
         "objectives": [{"name": o.label, "direction": o.direction} for o in v.objectives.objectives],
         "best": None,
         "pareto": None,
-        "baseline": None if baseline is None else {"trial": baseline.number, "values": baseline.values},
+        "baseline": None
+        if baseline is None
+        else {"trial": baseline.number, "values": baseline.values, "feasible": baseline.feasible},
         "gain_pct": None,
         "infeasible": sum(1 for r in records if r.state == "complete" and r.values is not None and not r.feasible),
     }
@@ -757,7 +760,8 @@ def _print_outcome(name: str, v: _View, out: dict[str, Any]) -> None:
             print(f"  {k}: {_fmt_value(x)}")
     if out["baseline"] is not None:
         vals = ", ".join(_fmt_value(x) for x in out["baseline"]["values"] or [])
-        print(f"baseline (trial {out['baseline']['trial']}): {vals}")
+        broke = "" if out["baseline"]["feasible"] else " (it broke an SLO)"
+        print(f"baseline (trial {out['baseline']['trial']}): {vals}{broke}")
     if out["gain_pct"] is not None:
         print(f"gain over the baseline: {out['gain_pct']:+.1f}%")
     if out["infeasible"]:

@@ -83,3 +83,20 @@ def test_target_and_patience_stop_the_experiment(exp_dir: Path, home: Path) -> N
         engine.run_trial(exp, lim)
     assert engine.prepare(exp, lim).slots == 0
     assert "target reached" in (engine.summarize(exp, lim).stop_reason or "")
+
+
+def test_a_gain_over_a_baseline_that_broke_an_slo_says_so(exp_dir: Path, home: Path) -> None:
+    """The baseline (x = 2) breaks `x >= 4`: the summary still shows the gain, marked as over an
+    infeasible baseline, in `knobflow run`'s summary and in `knobflow best`."""
+    import io
+
+    from knobflow import cli
+
+    exp = _exp(exp_dir, "objective:\n  metric: score\n  direction: maximize\n", 'slos:\n  - "x >= 4"\n')
+    _run(exp, [5])
+    summary = engine.summarize(exp)
+    assert summary.baseline is not None and not summary.baseline.feasible
+    assert summary.best is not None and summary.best.params["x"] == 5
+    out = io.StringIO()
+    cli._print_summary(summary, out)
+    assert "(it broke an SLO: the gain is over an infeasible baseline)" in out.getvalue()
