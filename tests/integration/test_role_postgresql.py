@@ -377,6 +377,74 @@ def test_a_failed_restart_puts_the_previous_configuration_back(reverted: Cluster
     assert c.show("shared_buffers", "work_mem") == {"shared_buffers": "128MB", "work_mem": "8MB"}
 
 
+def test_real_settings_with_many_digits_apply_and_are_idempotent(reverted: Cluster) -> None:
+    """A tuner's floats have 16 digits; pg_settings shows reals with 6 (%g). That is not a mismatch."""
+    c = reverted
+    original = c.show("random_page_cost", "checkpoint_completion_target", "bgwriter_lru_multiplier")
+    settings = {
+        "random_page_cost": 5.18312729321689,
+        "checkpoint_completion_target": 0.8284080425777567,
+        "bgwriter_lru_multiplier": 0.4538130713472821,
+    }
+    r = _apply(c, settings)
+    assert r.ok, r.reason
+    assert c.show(*settings) == {
+        "random_page_cost": "5.18313",
+        "checkpoint_completion_target": "0.828408",
+        "bgwriter_lru_multiplier": "0.453813",
+    }
+    assert _apply(c, settings).changed == [], "the same floats again: nothing to change"
+    assert bridge.run_playbook("revert.yml", extravars=c.vars()).ok
+    assert c.show(*settings) == original
+
+
+def _pg_ctl_restart(c: Cluster) -> None:
+    owner = c.datadir.stat()
+    subprocess.run(
+        [str(BIN / "pg_ctl"), "restart", "-D", str(c.datadir), "-m", "fast", "-w", "-l", str(c.datadir / "server.log")],
+        cwd="/",
+        user=owner.st_uid,
+        group=owner.st_gid,
+        extra_groups=[],
+        start_new_session=True,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def test_a_restart_that_runs_other_settings_is_undone_by_restarting(reverted: Cluster) -> None:
+    """The server restarts but runs another value (ALTER SYSTEM's postgresql.auto.conf wins over the
+    include file): the files are put back and the server restarted, so it does not keep running
+    with the rest of the rejected settings (wal_buffers here)."""
+    c = reverted
+    assert _apply(c, {"work_mem_kb": 8192}).ok
+    applied, before_show = c.files(), c.show("shared_buffers", "wal_buffers", "work_mem")
+    c.sql("ALTER SYSTEM SET shared_buffers = '200MB'")
+    try:
+        r = _apply(c, {"work_mem_kb": 8192, "shared_buffers_mb": 160, "wal_buffers_kb": 8192})
+        assert not r.ok
+        reason = r.reason or ""
+        assert "shared_buffers_mb: the server runs with 200MB (from " in reason, reason
+        assert "postgresql.auto.conf" in reason, reason
+        assert "the previous configuration is back" in reason and "did not start again" not in reason, reason
+        assert {k: v for k, v in c.files().items() if k != "postgresql.auto.conf"} == {
+            k: v for k, v in applied.items() if k != "postgresql.auto.conf"
+        }
+        # Restarted with the files put back: wal_buffers is not the rejected 8MB (a postmaster setting
+        # only a restart changes) but its default again, 1/32 of the 200MB postgresql.auto.conf sets.
+        assert c.show("shared_buffers", "wal_buffers", "work_mem") == {
+            **before_show,
+            "shared_buffers": "200MB",
+            "wal_buffers": "6400kB",
+        }
+    finally:
+        c.sql("ALTER SYSTEM RESET shared_buffers")
+        _pg_ctl_restart(c)
+    assert c.files() == applied
+    assert c.show("shared_buffers", "wal_buffers", "work_mem") == before_show
+
+
 def test_unsafe_settings_are_allowed_when_asked(reverted: Cluster) -> None:
     c = reverted
     r = _apply(c, {"synchronous_commit": "off"}, postgresql_allow_unsafe=True)
