@@ -57,10 +57,24 @@ def knobflow(*args: str, home: Path, timeout: float = 600, check: bool = False) 
     return proc
 
 
+def roles_module_utils() -> None:
+    """Make the roles' module_utils importable as ``ansible.module_utils.<name>`` in this process.
+
+    Ansible does this when it runs a module: a loaded role's ``module_utils/`` folder (its
+    dependencies' too, such as ``knobflow_common``) is on the module_utils search path.
+    """
+    import ansible.module_utils
+
+    for d in sorted((REPO / "roles").glob("*/module_utils")):
+        if str(d) not in ansible.module_utils.__path__:
+            ansible.module_utils.__path__.append(str(d))
+
+
 def role_module(role: str, name: str) -> Any:
     """A role's Ansible module (roles/ROLE/library/NAME.py), loaded from its file as Ansible runs it."""
     import importlib.util
 
+    roles_module_utils()
     path = REPO / "roles" / role / "library" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None

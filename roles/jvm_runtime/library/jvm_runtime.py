@@ -92,12 +92,12 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.knobflow_files import change_file, file_diff, read, revert
 
 # Characters a value or an extra option may contain: enough for numbers, sizes, names, paths and
 # lists, and nothing a shell, an argument file or an environment-variable list would interpret
@@ -580,61 +580,6 @@ def verify_with_jvm(java, path, text, fmt, env_var, set_flags):
 
 
 # --------------------------------------------------------------------------------------------
-# The file: save the original once, write, revert
-
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def write_file(module, path, text, current):
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    if not os.path.exists(backup) and not os.path.exists(absent):
-        if current is None:
-            open(absent, "w").close()
-        else:
-            shutil.copy2(path, backup)
-    tmp = path + ".knobflow-tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    if current is not None:
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
-
-
-def revert(module, path):
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    current = read(path)
-    result = dict(changed=False, path=path, options=[])
-    if os.path.exists(backup):
-        original = read(backup)
-        result["changed"] = original != current
-        result["diff"] = dict(before=current or "", after=original or "")
-        if not module.check_mode:
-            shutil.copy2(backup, path)
-            os.remove(backup)
-            if read(path) != original:
-                module.fail_json(msg=f"verification failed: {path} does not hold the original after the revert")
-    elif os.path.exists(absent):
-        result["changed"] = current is not None
-        result["diff"] = dict(before=current or "", after="")
-        if not module.check_mode:
-            if current is not None:
-                os.remove(path)
-            os.remove(absent)
-            if os.path.exists(path):
-                module.fail_json(msg=f"verification failed: {path} still exists after the revert")
-    return result
-
-
-# --------------------------------------------------------------------------------------------
 # Validation of declared tunables
 
 
@@ -768,7 +713,8 @@ def main():
     )
     p = module.params
     if p["state"] == "reverted":
-        module.exit_json(**revert(module, p["path"]))
+        changed, before, after = revert(module, p["path"])
+        module.exit_json(changed=changed, path=p["path"], options=[], diff=file_diff(p["path"], before, after))
 
     if not ENV_NAME.fullmatch(p["env_var"]):
         module.fail_json(msg=f"jvm_runtime_env_var: {p['env_var']!r} is not an environment variable name")
@@ -822,13 +768,7 @@ def main():
         problem = check_start(java, options, by_name, vm)
         if problem:
             module.fail_json(msg="invalid JVM settings: " + problem, **result)
-    result["changed"] = True
-    result["diff"] = dict(before=current or "", after=text)
-    if module.check_mode:
-        module.exit_json(**result)
-    write_file(module, path, text, current)
-    if read(path) != text:
-        module.fail_json(msg=f"verification failed: {path} does not hold what was written", **result)
+    change_file(module, path, text, current, result)  # exits here in check mode
     if java is not None and p["start_check"] and vm == "hotspot":
         problem = verify_with_jvm(java, path, text, p["format"], p["env_var"], set_flags)
         if problem:

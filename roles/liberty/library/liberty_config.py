@@ -82,13 +82,12 @@ jvm_options:
   returned: always
 """
 
-import json
 import os
 import re
-import shutil
 import xml.etree.ElementTree as ET
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.knobflow_files import file_diff, read, revert, write_file
 
 JVM_BEGIN = "# BEGIN knobflow managed options (role liberty): knobflow rewrites this block and removes it on revert"
 JVM_END = "# END knobflow managed options"
@@ -485,91 +484,7 @@ def jvm_conflicts(text, options):
     return warnings, errors
 
 
-# --- files -------------------------------------------------------------------------------------
-
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-
-
-def missing_dirs(path):
-    out = []
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent and not os.path.isdir(parent):
-        out.append(parent)
-        nxt = os.path.dirname(parent)
-        if nxt == parent:
-            break
-        parent = nxt
-    return list(reversed(out))
-
-
-def save_original(path, current):
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    if os.path.exists(backup) or os.path.exists(absent):
-        return
-    if current is None:
-        created = missing_dirs(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(absent, "w") as f:
-            json.dump({"created_dirs": created}, f)
-    else:
-        st = os.stat(path)
-        shutil.copy2(path, backup)
-        os.chown(backup, st.st_uid, st.st_gid)
-
-
-def write(path, text):
-    """Replace ``path`` with ``text`` (None: remove it), keeping the file's mode and owner."""
-    if text is None:
-        if os.path.exists(path):
-            os.remove(path)
-        return
-    tmp = path + ".knobflow-tmp"
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    with open(tmp, "wb") as f:
-        f.write(text.encode("utf-8", "surrogateescape"))
-    if st is not None:
-        os.chmod(tmp, st.st_mode & 0o7777)
-        os.chown(tmp, st.st_uid, st.st_gid)
-    else:
-        os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def revert(path, check_mode):
-    """(changed, text before, text after)."""
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    current = read(path)
-    if os.path.exists(backup):
-        original = read(backup)
-        if not check_mode:
-            os.replace(backup, path)
-        return original != current, current, original
-    if os.path.exists(absent):
-        if not check_mode:
-            try:
-                with open(absent) as f:
-                    created = json.load(f).get("created_dirs", [])
-            except (OSError, ValueError, AttributeError):
-                created = []
-            if current is not None:
-                os.remove(path)
-            os.remove(absent)
-            for d in reversed(created):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
-        return current is not None, current, None
-    return False, current, current
+# --- restart, server.xml hints (the files: module_utils/knobflow_files) ------------------------
 
 
 def run_restart(module, argv, result):
@@ -667,10 +582,10 @@ def main():
     if p["state"] == "reverted":
         diffs = []
         for path in (xml_path, jvm_path):
-            changed, before, after = revert(path, module.check_mode)
+            changed, before, after = revert(module, path)
             if changed:
                 result["changed"] = True
-                diffs.append(dict(before=before or "", after=after or "", before_header=path, after_header=path))
+                diffs.append(file_diff(path, before, after))
         if diffs:
             result["diff"] = diffs
         if result["changed"] and p["restart_argv"] and not module.check_mode:
@@ -711,14 +626,11 @@ def main():
     if not changes:
         module.exit_json(**result)
     result["changed"] = True
-    result["diff"] = [
-        dict(before=now or "", after=new or "", before_header=path, after_header=path) for path, now, new in changes
-    ]
+    result["diff"] = [file_diff(path, now, new) for path, now, new in changes]
     if module.check_mode:
         module.exit_json(**result)
     for path, now, new in changes:
-        save_original(path, now)
-        write(path, new)
+        write_file(path, new, now)
     # Verify by reading back: the XML as a parser sees it, jvm.options line by line.
     problems = []
     if xml_new is not None:

@@ -70,11 +70,11 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.knobflow_files import change_file, file_diff, read, revert
 
 SAFE = re.compile(r"^[A-Za-z0-9_.,:/+=@%-]*$")
 HEADER = "# Managed by knobflow (nodejs_runtime): restored to the original by its revert.\n"
@@ -305,55 +305,6 @@ def refusal(err, by_name, uv):
     return f"node refuses these settings: {message}"
 
 
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def write_file(path, text, current):
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    if not os.path.exists(backup) and not os.path.exists(absent):
-        if current is None:
-            open(absent, "w").close()
-        else:
-            shutil.copy2(path, backup)
-    tmp = path + ".knobflow-tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    if current is not None:
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
-
-
-def revert(module, path):
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    current = read(path)
-    result = dict(changed=False, path=path, environment={})
-    if os.path.exists(backup):
-        original = read(backup)
-        result["changed"] = original != current
-        result["diff"] = dict(before=current or "", after=original or "")
-        if not module.check_mode:
-            shutil.copy2(backup, path)
-            os.remove(backup)
-            if read(path) != original:
-                module.fail_json(msg=f"verification failed: {path} does not hold the original after the revert")
-    elif os.path.exists(absent):
-        result["changed"] = current is not None
-        result["diff"] = dict(before=current or "", after="")
-        if not module.check_mode:
-            if current is not None:
-                os.remove(path)
-            os.remove(absent)
-    return result
-
-
 def candidate_values(t):
     if t.get("type") == "categorical":
         return [(v, "choice") for v in t.get("choices") or []]
@@ -428,7 +379,8 @@ def main():
     )
     p = module.params
     if p["state"] == "reverted":
-        module.exit_json(**revert(module, p["path"]))
+        changed, before, after = revert(module, p["path"])
+        module.exit_json(changed=changed, path=p["path"], environment={}, diff=file_diff(p["path"], before, after))
     for option in p["extra_options"]:
         if not option.startswith("-") or len(option) < 2 or not SAFE.fullmatch(option):
             module.fail_json(
@@ -472,13 +424,7 @@ def main():
         rc, _, err = start(node, env)
         if rc != 0:
             module.fail_json(msg="invalid Node.js settings: " + refusal(err, by_name, uv), **result)
-    result["changed"] = True
-    result["diff"] = dict(before=current or "", after=text)
-    if module.check_mode:
-        module.exit_json(**result)
-    write_file(path, text, current)
-    if read(path) != text:
-        module.fail_json(msg=f"verification failed: {path} does not hold what was written", **result)
+    change_file(module, path, text, current, result)  # exits here in check mode
     if node is not None and p["start_check"]:
         written = parse(read(path), p["format"])
         rc, out, err = start(node, written)

@@ -65,12 +65,10 @@ shadowed:
   returned: always
 """
 
-import json
-import os
 import re
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.knobflow_files import file_diff, read, revert, write_file
 
 BEGIN = "# BEGIN knobflow managed properties (role quarkus): knobflow rewrites this block and removes it on revert"
 END = "# END knobflow managed properties"
@@ -435,91 +433,7 @@ def shadowed_by(text, entries):
     return out
 
 
-# --- files -------------------------------------------------------------------------------------
-
-
-def read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-
-
-def missing_dirs(path):
-    """The parent directories of ``path`` that do not exist, outermost first."""
-    out = []
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent and not os.path.isdir(parent):
-        out.append(parent)
-        nxt = os.path.dirname(parent)
-        if nxt == parent:
-            break
-        parent = nxt
-    return list(reversed(out))
-
-
-def save_original(path, current):
-    """On the first change: keep the file (or the fact there was none, and the folders made for it)."""
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    if os.path.exists(backup) or os.path.exists(absent):
-        return
-    if current is None:
-        created = missing_dirs(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(absent, "w") as f:
-            json.dump({"created_dirs": created}, f)
-    else:
-        st = os.stat(path)
-        shutil.copy2(path, backup)
-        os.chown(backup, st.st_uid, st.st_gid)
-
-
-def write(path, text):
-    tmp = path + ".knobflow-tmp"
-    data = text.encode("utf-8", "surrogateescape")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    with open(tmp, "wb") as f:
-        f.write(data)
-    if st is not None:
-        os.chmod(tmp, st.st_mode & 0o7777)
-        os.chown(tmp, st.st_uid, st.st_gid)
-    else:
-        os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def revert(path, check_mode):
-    """(changed, before text, after text)."""
-    backup, absent = path + ".knobflow-orig", path + ".knobflow-absent"
-    current = read(path)
-    if os.path.exists(backup):
-        original = read(backup)
-        changed = original != current
-        if not check_mode:
-            os.replace(backup, path)  # the copy carries the original's bytes, mode, owner and times
-        return changed, current, original
-    if os.path.exists(absent):
-        changed = current is not None
-        if not check_mode:
-            try:
-                with open(absent) as f:
-                    created = json.load(f).get("created_dirs", [])
-            except (OSError, ValueError, AttributeError):
-                created = []
-            if current is not None:
-                os.remove(path)
-            os.remove(absent)
-            for d in reversed(created):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break  # not empty (something else lives there now) or already gone
-        return changed, current, None
-    return False, current, current
+# --- restart, managed keys (the file: module_utils/knobflow_files) -----------------------------
 
 
 def run_restart(module, argv):
@@ -595,10 +509,10 @@ def main():
         module.exit_json(**result)
 
     if p["state"] == "reverted":
-        changed, before, after = revert(path, module.check_mode)
+        changed, before, after = revert(module, path)
         result.update(changed=changed, properties=managed_now(after))
         if changed:
-            result["diff"] = dict(before=before or "", after=after or "", before_header=path, after_header=path)
+            result["diff"] = file_diff(path, before, after)
             if p["restart_argv"] and not module.check_mode:
                 run_restart(module, p["restart_argv"])
         module.exit_json(**result)
@@ -622,11 +536,10 @@ def main():
     if text == current:
         module.exit_json(**result)
     result["changed"] = True
-    result["diff"] = dict(before=current or "", after=text, before_header=path, after_header=path)
+    result["diff"] = file_diff(path, current, text)
     if module.check_mode:
         module.exit_json(**result)
-    save_original(path, current)
-    write(path, text)
+    write_file(path, text, current)
     written = read(path)
     effective = {}
     for key, value, _ in parse(written or ""):

@@ -38,10 +38,9 @@ config:
 """
 
 import json
-import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.knobflow_files import change_file, file_diff, read, revert
 
 PRAGMAS = {
     "journal_mode": ("choice", ["delete", "truncate", "persist", "memory", "wal", "off"]),
@@ -107,14 +106,6 @@ def as_config(text):
         return None
 
 
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -125,30 +116,11 @@ def main():
         supports_check_mode=True,
     )
     path = module.params["path"]
-    backup = path + ".knobflow-orig"
-    absent_marker = path + ".knobflow-absent"
-    current = read(path)
     result = dict(changed=False, path=path)
 
     if module.params["state"] == "reverted":
-        if os.path.exists(backup):
-            original = read(backup)
-            result["changed"] = original != current
-            result["diff"] = dict(before=current or "", after=original or "")
-            if not module.check_mode:
-                shutil.copy2(backup, path)
-                os.remove(backup)
-            result["config"] = as_config(original)
-        elif os.path.exists(absent_marker):
-            result["changed"] = current is not None
-            result["diff"] = dict(before=current or "", after="")
-            if not module.check_mode:
-                if current is not None:
-                    os.remove(path)
-                os.remove(absent_marker)
-            result["config"] = None
-        else:
-            result["config"] = as_config(current)
+        changed, before, after = revert(module, path)
+        result.update(changed=changed, config=as_config(after), diff=file_diff(path, before, after))
         module.exit_json(**result)
 
     config, errors = build(module.params["settings"])
@@ -156,26 +128,10 @@ def main():
         module.fail_json(msg="invalid SQLite settings: " + "; ".join(errors), **result)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     result["config"] = config
+    current = read(path)
     if text == current:
         module.exit_json(**result)
-    result["changed"] = True
-    result["diff"] = dict(before=current or "", after=text)
-    if module.check_mode:
-        module.exit_json(**result)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    if not os.path.exists(backup) and not os.path.exists(absent_marker):
-        if current is None:
-            open(absent_marker, "w").close()
-        else:
-            shutil.copy2(path, backup)
-    tmp = path + ".knobflow-tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    if read(path) != text:
-        module.fail_json(msg=f"verification failed: {path} does not hold what was written", **result)
+    change_file(module, path, text, current, result)  # exits here in check mode
     module.exit_json(**result)
 
 
