@@ -34,6 +34,14 @@ class ExperimentStopped(Exception):
     """A stop rule fired before this trial could start (budget spent, too many failures)."""
 
 
+class PromoteFailed(Exception):
+    """The best configuration could not be applied (no completed trial, or Ansible failed)."""
+
+
+class HostsBusy(Exception):
+    """No target host became free for this trial in time (other trials or experiments hold them)."""
+
+
 @dataclass
 class Limits:
     trials: int
@@ -67,9 +75,32 @@ class TrialResult:
     timings: dict[str, float] = field(default_factory=dict)
     values: list[float] | None = None
     violations: list[str] = field(default_factory=list)  # SLOs broken: the trial is infeasible
+    hosts: list[str] = field(default_factory=list)  # the target hosts it ran on
+    replayed: bool = False  # a retried task found its trial already finished: nothing was run again
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_frozen(cls, exp: Experiment, t: Any, *, replayed: bool = False) -> TrialResult:
+        """The result of a trial already recorded in the store."""
+        r = TrialRecord.from_frozen(t)
+        return cls(
+            number=r.number,
+            state="complete" if r.state == "complete" else "fail",
+            params=r.params,
+            value=r.value,
+            values=r.values,
+            violations=r.violations,
+            metrics=r.metrics,
+            reason=r.reason,
+            baseline=r.baseline,
+            best_value=None,
+            best_number=None,
+            timings=dict(r.attrs.get("timings") or {}),
+            hosts=list(r.attrs.get("targets") or []),
+            replayed=replayed,
+        )
 
 
 @dataclass
@@ -142,10 +173,57 @@ def open_study(exp: Experiment) -> tuple[Store, optuna.Study]:
     return store, store.open(exp)
 
 
+def target_hosts(exp: Experiment) -> list[str]:
+    """The inventory hosts that ``target.hosts`` selects, in the inventory's order."""
+    from knobflow.ansible import inventory
+
+    try:
+        return [h.name for h in inventory.hosts(exp.inventory(), exp.model.target.hosts)]
+    except ValueError as exc:
+        raise SetupFailed(str(exc)) from None
+
+
+def _leases(store: Store) -> Any:
+    from knobflow.leases import Leases
+
+    return Leases(store.engine)
+
+
+def recover(exp: Experiment, store: Store, study: optuna.Study) -> list[int]:
+    """Fail the trials of ``exp`` that a dead process left RUNNING, put their target hosts back
+    (revert.yml, under the hosts' leases), and queue their configurations to run again.
+
+    A host that another live trial holds now is not reverted: that trial has applied its own
+    configuration over the dead one's, and its own revert or the experiment's finish puts it back.
+    """
+    from knobflow.leases import host_key
+
+    def revert(t: Any) -> str | None:
+        hosts = list(t.user_attrs.get("targets") or [])
+        if not hosts:
+            return None
+        leases = _leases(store)
+        token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number})
+        if token is None:
+            return (
+                f"target {', '.join(hosts)} not reverted: another trial holds it now and has applied its own "
+                "configuration"
+            )
+        try:
+            log = trial_log_path(exp, t.number)
+            result = _run_on_target(exp.for_hosts(",".join(hosts)), "revert.yml", _extravars(exp, -1, {}), log)
+        finally:
+            leases.release(token)
+        if result.ok:
+            return f"target {', '.join(hosts)} reverted"
+        return f"reverting target {', '.join(hosts)} failed: {result.reason}"
+
+    return store.recover(study, grace_s=exp.model.budget.trial_timeout + 60, on_stale=revert)
+
+
 def prepare(exp: Experiment, lim: Limits) -> Plan:
     store, study = open_study(exp)
-    grace = exp.model.budget.trial_timeout + 60
-    recovered = store.recover(study, grace_s=grace)
+    recovered = recover(exp, store, study)
     p = store.progress(study)
     reason = stop_reason(exp, store, study, lim)
     slots = 0 if reason else lim.trials - p.done
@@ -345,11 +423,104 @@ def apply_configuration(exp: Experiment, params: dict[str, Any], *, label: str) 
     return _run_on_target(exp, "apply.yml", _extravars(exp, -1, params), log)
 
 
+@dataclass
+class Placement:
+    """Where a trial runs: its target hosts, and the lease that keeps them its own."""
+
+    hosts: list[str]
+    token: str | None
+    pattern: str  # the Ansible host pattern the trial's playbooks are limited to
+    waited_s: float = 0.0
+
+
+def _host_order(hosts: list[str], trials: list[Any]) -> list[str]:
+    """Hosts whose last trials failed go last, so a broken host does not take every trial."""
+    streak: dict[str, int] = dict.fromkeys(hosts, 0)
+    done: dict[str, bool] = dict.fromkeys(hosts, False)
+    for t in sorted(trials, key=lambda t: t.number, reverse=True):
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL) or t.user_attrs.get("interrupted"):
+            continue
+        for h in t.user_attrs.get("targets") or []:
+            if h in streak and not done[h]:
+                if t.state == TrialState.FAIL:
+                    streak[h] += 1
+                else:
+                    done[h] = True
+    return sorted(hosts, key=lambda h: (streak[h], hosts.index(h)))
+
+
+def place(
+    exp: Experiment,
+    store: Store,
+    study: optuna.Study,
+    *,
+    parallel: int,
+    wait_s: float,
+    on_line: Callable[[str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Placement:
+    """Lease the target hosts of one trial, waiting up to ``wait_s`` for them to be free.
+
+    ``target.per_trial: all``: every host of ``target.hosts`` together. ``one``: one free host, and
+    one of the experiment's ``parallel`` slots (so at most ``parallel`` of its trials run at once).
+    Raises :class:`HostsBusy` when the wait runs out.
+    """
+    from knobflow.leases import host_key, slot_key
+
+    hosts = target_hosts(exp)
+    leases = _leases(store)
+    one = exp.model.target.per_trial == "one"
+    started = time.monotonic()
+    said = False
+    while True:
+        leases.free_dead()
+        if one:
+            held = {lease.key for lease in leases.held()}
+            slots = [slot_key(exp.name, i) for i in range(parallel) if slot_key(exp.name, i) not in held]
+            free = [h for h in _host_order(hosts, store.trials(study)) if host_key(h) not in held]
+            if slots and free:
+                token = leases.try_acquire([slots[0], host_key(free[0])], {"experiment": exp.name})
+                if token is not None:
+                    return Placement([free[0]], token, free[0], time.monotonic() - started)
+                continue  # another trial took it between our look and our try: look again at once
+        else:
+            token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name})
+            if token is not None:
+                return Placement(hosts, token, exp.model.target.hosts, time.monotonic() - started)
+        waited = time.monotonic() - started
+        if not said and on_line is not None:
+            holders = sorted(
+                f"{lease.key.removeprefix('host:')} (experiment {lease.holder.get('experiment')}, "
+                f"trial {lease.holder.get('trial', '?')})"
+                for lease in leases.held()
+                if lease.key.startswith("host:") and lease.key.removeprefix("host:") in hosts
+            )
+            on_line(f"waiting for a free target host; busy: {', '.join(holders) or 'slots of this experiment'}")
+            said = True
+        if waited >= wait_s:
+            raise HostsBusy(
+                f"no target host of {exp.model.target.hosts!r} became free in {wait_s:.0f} s "
+                f"(hosts {', '.join(hosts)}; parallel {parallel}); other trials or experiments hold them"
+            )
+        if cancel is not None and cancel():
+            raise HostsBusy("cancelled while waiting for a free target host")
+        time.sleep(min(2.0, max(0.2, wait_s - waited)))
+
+
+def slot_trial(store: Store, study: optuna.Study, slot: str) -> Any | None:
+    """The latest trial a DAG run's trial slot started (``slot`` = ``<run_id>#<index>``), or None."""
+    mine = [t for t in store.trials(study) if t.user_attrs.get("slot") == slot]
+    return max(mine, key=lambda t: t.number) if mine else None
+
+
 def run_trial(
     exp: Experiment,
     lim: Limits,
     *,
     run_id: str | None = None,
+    slot: str | None = None,
+    parallel: int | None = None,
+    note: str | None = None,
     on_label: Callable[[str], None] | None = None,
     on_line: Callable[[str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -357,14 +528,79 @@ def run_trial(
 ) -> TrialResult:
     """Run one trial from ask to tell. Raises :class:`ExperimentStopped` when a stop rule fires.
 
-    ``stop_rules=False`` (continuous tuning, whose rounds have guardrails instead of a budget) skips
-    the budget's stop rules.
+    ``slot`` names the trial's place in a DAG run (``<run_id>#<map index>``): a retried task with a
+    slot whose trial already finished returns that trial (``replayed``) and runs nothing; one whose
+    trial was interrupted runs a new trial. ``parallel`` bounds how many trials of the experiment
+    run at once (the file's ``parallel`` when None). ``stop_rules=False`` (continuous tuning, whose
+    rounds have guardrails instead of a budget) skips the budget's stop rules.
     """
     t_start = time.monotonic()
     store, study = open_study(exp)
+    if slot is not None:
+        earlier = slot_trial(store, study, slot)
+        if (
+            earlier is not None
+            and earlier.state in (TrialState.COMPLETE, TrialState.FAIL)
+            and not earlier.user_attrs.get("interrupted")
+        ):
+            return TrialResult.from_frozen(exp, earlier, replayed=True)
+    recover(exp, store, study)  # a retry of a killed task finds its own trial here
     reason = stop_reason(exp, store, study, lim, running=store.progress(study).running) if stop_rules else None
     if reason:
         raise ExperimentStopped(reason)
+    placement = place(
+        exp,
+        store,
+        study,
+        parallel=parallel or exp.model.parallel,
+        wait_s=exp.model.budget.trial_timeout + 60,
+        on_line=on_line,
+        cancel=cancel,
+    )
+    leases = _leases(store)
+    assert placement.token is not None
+    try:
+        with leases.keep_alive(placement.token):
+            return _run_placed(
+                exp,
+                lim,
+                store,
+                study,
+                placement,
+                t_start=t_start,
+                run_id=run_id,
+                slot=slot,
+                note=note,
+                on_label=on_label,
+                on_line=on_line,
+                cancel=cancel,
+                stop_rules=stop_rules,
+            )
+    finally:
+        leases.release(placement.token)
+
+
+def _run_placed(
+    exp: Experiment,
+    lim: Limits,
+    store: Store,
+    study: optuna.Study,
+    placement: Placement,
+    *,
+    t_start: float,
+    run_id: str | None,
+    slot: str | None,
+    note: str | None,
+    on_label: Callable[[str], None] | None,
+    on_line: Callable[[str], None] | None,
+    cancel: Callable[[], bool] | None,
+    stop_rules: bool,
+) -> TrialResult:
+    # The budget may have been spent by other trials while this one waited for a host.
+    if stop_rules and placement.waited_s > 0:
+        reason = stop_reason(exp, store, study, lim, running=store.progress(study).running)
+        if reason:
+            raise ExperimentStopped(reason)
     tuner = registry.create(
         exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.tuner_options(), defaults=exp.defaults()
     )
@@ -375,12 +611,18 @@ def run_trial(
         )
     except tuners_base.SpaceExhausted as exc:
         raise ExperimentStopped(f"stopped: {exc}") from None
-    store.mark_started(study, trial, run_id)
+    extra: dict[str, Any] = {"targets": placement.hosts}
+    if slot is not None:
+        extra["slot"] = slot
+    if note:
+        extra["note"] = note
+    store.mark_started(study, trial, run_id, **extra)
     params = dict(trial.params)
     number = trial.number
     baseline = bool(trial.user_attrs.get("baseline"))
     if on_label is not None:
         on_label(f"trial {number}" + (" (baseline)" if baseline else ""))
+    exp = exp.for_hosts(placement.pattern)
     t_asked = time.monotonic()
 
     try:
@@ -426,6 +668,7 @@ def run_trial(
         "benchmark": bench,
         "host": socket.gethostname(),
         "log": str(trial_log_path(exp, number)),
+        "waited_for_host_s": round(placement.waited_s, 3),
         "finished": time.time(),
         "timings": timings,
     }
@@ -453,6 +696,7 @@ def run_trial(
         best_value=best_value,
         best_number=best_number,
         timings=timings,
+        hosts=placement.hosts,
     )
     progress.emit("trial", out)
     return out
@@ -520,3 +764,117 @@ def finish(exp: Experiment, lim: Limits) -> Summary:
         summary.finish_error = f"{summary.finish_error}; {why}" if summary.finish_error else why
     progress.emit("finish", summary)
     return summary
+
+
+@dataclass
+class DryRun:
+    """What a dry run found: a line per check, and the first problem (None when all passed)."""
+
+    lines: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def dry_run(exp: Experiment) -> DryRun:
+    """Check an experiment without tuning: the file (already validated), the target hosts, the store,
+    the layer roles' validation of the tunables, and what applying the baseline would change
+    (apply.yml in Ansible's check mode, with diffs in the log). Creates no study and runs no trial."""
+    out = DryRun()
+    m = exp.model
+    out.lines.append(
+        f"experiment {exp.name}: {len(m.tunables)} tunables, {exp.objective_text()}, tuner {m.tuner.name}, "
+        f"{m.budget.trials} trials, parallel {m.parallel}"
+    )
+    try:
+        hosts = target_hosts(exp)
+    except SetupFailed as exc:
+        out.problem = str(exc)
+        out.lines.append(f"target: {exc}")
+        return out
+    out.lines.append(f"target hosts ({m.target.hosts}, per trial: {m.target.per_trial}): {', '.join(hosts)}")
+    store = Store(exp.storage_url())
+    if store.exists(exp.name):
+        p = store.progress(store.load(exp.name))
+        out.lines.append(f"store {store.url}: {p.done} trials done ({p.failed} failed), {p.running} running")
+    else:
+        out.lines.append(f"store {store.url}: no study yet (the first real run creates it, baseline first)")
+    out.lines.append(f"baseline: {exp.defaults()}")
+    log = _paths.knobflow_home() / "logs" / exp.name / "dry-run.log"
+    base = _extravars(exp, -1, {})
+    if m.setup:
+        out.lines.append(
+            "set-up steps are not run in a dry run: "
+            + ", ".join(f"{st.role}/{st.tasks_from}" for st in m.setup)
+            + "; the validation and check below may fail when they depend on them"
+        )
+    layers = validating_layers(exp)
+    if layers:
+        base["knobflow"]["validate"] = layers
+        base["knobflow"]["tunables"] = _tunables_by_layer(exp)
+        result = _run_on_target(exp, "validate.yml", base, log)
+        if not result.ok:
+            out.problem = f"the target refused the tunables: {result.reason} (log: {log})"
+            out.lines.append(out.problem)
+            return out
+        out.lines.append(f"the target accepts the tunables (validated by {', '.join(layers)})")
+    result = bridge.run_playbook(
+        "apply.yml",
+        inventory=exp.inventory(),
+        extravars=_extravars(exp, -1, exp.defaults()),
+        roles_path=exp.roles_path(),
+        limit=m.target.hosts,
+        timeout=m.budget.trial_timeout,
+        log_path=log,
+        check=True,
+        diff=True,
+    )
+    if not result.ok:
+        out.problem = f"applying the baseline in check mode failed: {result.reason} (log: {log})"
+        out.lines.append(out.problem)
+        return out
+    changed = ", ".join(result.changed) or "nothing"
+    out.lines.append(f"applying the baseline would change: {changed} (diffs in {log})")
+    out.lines.append("dry run passed: nothing was changed and nothing was recorded")
+    return out
+
+
+def promote(exp: Experiment, *, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Apply the experiment's best configuration to ``promote.hosts`` (or ``target.hosts``), holding
+    each host's lease while it changes. Raises :class:`PromoteFailed`."""
+    from knobflow.leases import host_key
+
+    summary = summarize(exp)
+    if summary.best is None:
+        raise PromoteFailed(f"experiment {exp.name} has no completed feasible trial to promote")
+    pattern = (exp.model.promote.hosts if exp.model.promote else None) or exp.model.target.hosts
+    target = exp.for_hosts(pattern)
+    hosts = target_hosts(target)
+    store = Store(exp.storage_url())
+    leases = _leases(store)
+    started = time.monotonic()
+    token = None
+    while token is None:
+        leases.free_dead()
+        token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "promote": True})
+        if token is None:
+            if time.monotonic() - started > exp.model.budget.trial_timeout:
+                raise PromoteFailed(f"hosts {', '.join(hosts)} stayed busy (other trials hold them); nothing applied")
+            if on_line is not None and time.monotonic() - started < 2.5:
+                on_line(f"waiting for hosts {', '.join(hosts)} to be free")
+            time.sleep(2)
+    best = summary.best
+    try:
+        log = _paths.knobflow_home() / "logs" / exp.name / "promote.log"
+        result = _run_on_target(target, "apply.yml", _extravars(exp, best.number, best.params), log)
+    finally:
+        leases.release(token)
+    if not result.ok:
+        raise PromoteFailed(f"applying trial {best.number}'s configuration failed: {result.reason} (log: {log})")
+    study = store.load(exp.name)
+    history = list(study.user_attrs.get("promoted") or [])
+    history.append({"trial": best.number, "params": best.params, "hosts": hosts, "at": time.time()})
+    study.set_user_attr("promoted", history)
+    return {"trial": best.number, "params": best.params, "value": summary.best_value, "hosts": hosts}

@@ -142,6 +142,18 @@ class Benchmark(_Model):
 class Target(_Model):
     inventory: str | None = None
     hosts: str = "all"
+    # all: each trial runs on every host of `hosts` together (one system spread over them);
+    # one: the hosts are copies of one system and each trial takes one free host, so trials can run
+    # in parallel (`parallel`), one benchmark per host at a time.
+    per_trial: Literal["all", "one"] = "all"
+
+
+class Promote(_Model):
+    """``promote``: after the last trial, apply the best configuration to ``hosts`` and leave it there."""
+
+    hosts: str | None = None  # an inventory host or group; target.hosts when not given
+    approval: bool = True  # wait for a person's approval in Airflow (human-in-the-loop) first
+    approval_timeout: Annotated[int, Field(ge=60)] = 86_400  # seconds to wait for it; then nothing is applied
 
 
 SCHEDULE_PRESETS = ("@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually")
@@ -193,6 +205,7 @@ class ExperimentModel(_Model):
     storage: str | None = None
     parallel: Annotated[int, Field(ge=1)] = 1
     finish: Literal["revert", "best", "keep"] = "revert"
+    promote: Promote | None = None
     noise: Noise = Field(default_factory=Noise)
     warm_start: WarmStart | None = None
     mode: Literal["offline", "continuous"] = "offline"
@@ -417,8 +430,29 @@ def _pydantic_problems(err: ValidationError, marks: dict[tuple[Any, ...], int]) 
     return unique
 
 
-def parse(text: str, *, source: str = "<string>", base_dir: Path | None = None) -> Experiment:
-    """Parse and validate an experiment document. Raises :class:`SpecError`."""
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set ``overrides`` (dotted paths such as ``tuner.name``) in a parsed document, in place."""
+    for path, value in overrides.items():
+        node = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError("<overrides>", [Problem(path, f"cannot set {path}: {part} is not a mapping")])
+            node = child
+        node[leaf] = value
+
+
+def parse(
+    text: str, *, source: str = "<string>", base_dir: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Experiment:
+    """Parse and validate an experiment document. Raises :class:`SpecError`.
+
+    ``overrides`` sets fields before validation, by dotted path (``{"tuner.name": "tpe"}``): a DAG
+    run's trigger parameters reach the experiment this way and are validated like the file.
+    """
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -430,25 +464,42 @@ def parse(text: str, *, source: str = "<string>", base_dir: Path | None = None) 
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise SpecError(source, [Problem("", f"an experiment file must be a YAML mapping, got {kind}", 1)])
+    if overrides:
+        _apply_overrides(data, overrides)
     marks: dict[tuple[Any, ...], int] = {}
     if node is not None:
         _marks(node, (), marks)
     try:
         model = ExperimentModel.model_validate(data)
     except ValidationError as err:
-        raise SpecError(source, _pydantic_problems(err, marks)) from None
+        raise SpecError(source, _from_overrides(_pydantic_problems(err, marks), overrides)) from None
     exp = Experiment(model=model, path=None, base_dir=(base_dir or Path.cwd()).resolve())
     problems = _semantic_problems(exp, data)
     if problems:
         for i, p in enumerate(problems):
             loc = _parse_path(p.path)
             problems[i] = Problem(p.path, p.message, _line_for(loc, marks))
-        raise SpecError(source, problems)
+        raise SpecError(source, _from_overrides(problems, overrides))
     return exp
 
 
-def load(path: str | Path) -> Experiment:
-    """Read and validate an experiment file."""
+def _from_overrides(problems: list[Problem], overrides: dict[str, Any] | None) -> list[Problem]:
+    """Say which problems come from an override, not from the file's own text."""
+    if not overrides:
+        return problems
+    out = []
+    for p in problems:
+        hit = next(
+            (k for k in overrides if p.path == k or p.path.startswith(k + ".") or p.path.startswith(k + "[")), None
+        )
+        if hit is not None:
+            p = Problem(p.path, f"{p.message} (set by the run's parameters: {hit} = {overrides[hit]!r})")
+        out.append(p)
+    return out
+
+
+def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment file (with ``overrides``: see :func:`parse`)."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -456,7 +507,7 @@ def load(path: str | Path) -> Experiment:
         raise SpecError(str(path), [Problem("", "file not found")]) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [Problem("", f"cannot read: {exc}")]) from None
-    exp = parse(text, source=str(path), base_dir=p.resolve().parent)
+    exp = parse(text, source=str(path), base_dir=p.resolve().parent, overrides=overrides)
     return Experiment(model=exp.model, path=p.resolve(), base_dir=p.resolve().parent)
 
 
@@ -666,13 +717,31 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
     if m.storage is not None and not re.match(r"^[a-z][a-z0-9+]*://", m.storage):
         out.append(Problem("storage", f"must be a database URL such as sqlite:///path/to.db, got {m.storage!r}"))
 
-    if m.parallel != 1:
+    if m.promote is not None and m.mode == "continuous":
         out.append(
-            Problem(
-                "parallel",
-                "only parallel: 1 is supported in this version (parallel trials come with the Airflow executors work)",
-            )
+            Problem("promote", "a continuous experiment applies each round's configuration itself; remove promote")
         )
+
+    if m.parallel > 1:
+        if m.target.per_trial != "one":
+            out.append(
+                Problem(
+                    "parallel",
+                    f"parallel: {m.parallel} needs target.per_trial: one (each trial on one free host of "
+                    "target.hosts); with per_trial: all every trial uses all the hosts, so trials cannot overlap",
+                )
+            )
+        if m.mode == "continuous":
+            out.append(Problem("parallel", "a continuous experiment runs one round at a time; remove parallel"))
+        elif m.tuner.name in registry.sequential():
+            out.append(
+                Problem(
+                    "parallel",
+                    f"tuner {m.tuner.name!r} learns from each trial before it proposes the next, so it runs one "
+                    f"trial at a time; use parallel: 1, or a tuner that proposes while trials run "
+                    f"({', '.join(n for n in registry.names() if n not in registry.sequential())})",
+                )
+            )
 
     # The same variable set in two places is ambiguous: refuse it. A layer role's `<role>_settings`
     # and `knobflow_*` carry each trial's values: setting them as extra variables would override them.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,17 +296,32 @@ class Store:
             warm_start=sum(bool(t.user_attrs.get("warm_start")) for t in ts),
         )
 
-    def mark_started(self, study: optuna.Study, trial: optuna.Trial, run_id: str | None) -> None:
-        attrs = {"owner": _owner(), "started": time.time(), "run_id": run_id}
+    def mark_started(self, study: optuna.Study, trial: optuna.Trial, run_id: str | None, **extra: Any) -> None:
+        """Stamp a trial with who runs it (process, host, DAG run) and ``extra`` user attributes
+        (the target hosts, the DAG run's trial slot, a note)."""
+        attrs = {"owner": _owner(), "started": time.time(), "run_id": run_id, **extra}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
 
-    def recover(self, study: optuna.Study, *, grace_s: float) -> list[int]:
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of the store's database (the lease table lives there too)."""
+        return self.storage.engine
+
+    def recover(
+        self,
+        study: optuna.Study,
+        *,
+        grace_s: float,
+        on_stale: Callable[[FrozenTrial], str | None] | None = None,
+    ) -> list[int]:
         """Fail trials left RUNNING by a process that is gone; queue their configurations again.
 
         A trial owned by this host is stale when its process is dead. A trial owned by another host
         is stale when it started more than ``grace_s`` seconds ago (longer than a trial may take).
-        Interrupted trials count neither toward the budget nor toward ``max_failed``.
+        Interrupted trials count neither toward the budget nor toward ``max_failed``. ``on_stale`` runs
+        first for each stale trial (the engine reverts its target there); what it returns is added
+        to the trial's reason.
         """
         recovered = []
         now = time.time()
@@ -320,13 +336,14 @@ class Store:
             if alive is True or (alive is None and now - started < grace):
                 continue
             who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "an unknown process"
-            self.finish(
-                study,
-                t.number,
-                state=TrialState.FAIL,
-                value=None,
-                attrs={"interrupted": True, "reason": f"interrupted: the process running it ({who}) is gone"},
-            )
+            reason = f"interrupted: the process running it ({who}) is gone"
+            extra = on_stale(t) if on_stale is not None else None
+            if extra:
+                reason = f"{reason}; {extra}"
+            if not self.finish(
+                study, t.number, state=TrialState.FAIL, value=None, attrs={"interrupted": True, "reason": reason}
+            ):
+                continue  # another process recovered it first
             self.requeue(study, t.number, dict(t.params), baseline=bool(t.user_attrs.get("baseline")))
             recovered.append(t.number)
         return recovered

@@ -25,7 +25,7 @@ def test_dagbag_loads_without_errors_and_has_the_trial_structure() -> None:
     assert dag.get_task("finish").upstream_task_ids == {"trial"}
     assert dag.get_task("finish").trigger_rule == "all_done"
     assert dag.max_active_runs == 1 and dag.schedule is None
-    assert set(dag.params) == {"trials", "max_failed"}
+    assert set(dag.params) == {"trials", "max_failed", "tuner", "parallel", "hosts", "dry_run", "note"}
 
 
 def test_a_broken_experiment_file_is_skipped_and_the_rest_load(tmp_path) -> None:

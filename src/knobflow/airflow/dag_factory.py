@@ -1,17 +1,24 @@
 """One Airflow DAG per experiment file.
 
-Shape: ``prepare`` >> ``trial`` (mapped over trial slots) >> ``finish``.
+Shape: ``prepare`` >> ``trial`` (mapped over trial slots) >> ``finish``, built from the operators
+and the task group in :mod:`knobflow.airflow.operators` (which your own DAGs can use too).
 
-* ``prepare`` opens (or creates) the study, fails trials a dead process left running and queues
-  their configurations again, and returns one slot per trial still in the budget.
-* ``trial`` is mapped over those slots, at most ``parallel`` at a time. Each mapped instance is one
-  trial: ask, one playbook run (apply + benchmark), tell. Its label in the UI is the trial number;
-  its XCom holds the trial (params, objective, metrics, reason). A failed trial is a failed task
-  instance; the others go on. When a stop rule fires (``max_failed`` reached) the remaining
-  instances are skipped.
+* ``prepare`` opens (or creates) the study, fails trials a dead process left running (reverting
+  their hosts) and queues their configurations again, and returns one slot per trial still in the
+  budget.
+* ``trial`` is mapped over those slots. Each mapped instance is one trial: ask, lease a target
+  host, one playbook run (apply + benchmark), tell. Its label in the UI is the trial number; its
+  XCom holds the trial (params, objective, metrics, hosts, reason). A failed trial is a failed task
+  instance; the others go on. When a stop rule fires the remaining instances are skipped.
 * ``finish`` runs whatever happened (``all_done``): it summarises the experiment, reverts the
-  target (or applies the best configuration, per ``finish``) and fails with a clear message when
-  the experiment stopped on ``max_failed``.
+  target (or applies the best configuration, per ``finish``), updates the experiment's
+  best-configuration Asset, and fails with a clear message when the experiment stopped on
+  ``max_failed``.
+* with ``promote:`` in the file: ``approve`` (Airflow's human-in-the-loop ApprovalOperator) and
+  ``promote``, which applies the best configuration once a person approved it.
+
+The trigger form (:func:`trigger_params`) offers trials, max_failed, tuner, parallel, hosts, dry
+run and a note, each with a JSON schema so bad values are refused before a task runs.
 
 A ``mode: continuous`` experiment is another shape (:func:`build_continuous_dag`): one task,
 ``round``, on the file's ``continuous.schedule``; each DAG run is one round of
@@ -27,21 +34,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, task
 
 from knobflow.spec import Experiment
-
-TRIAL_LABEL = "{{ knobflow_trial_label | default('trial') }}"
 
 
 def dag_id_for(name: str) -> str:
     return "knobflow_" + "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
-
-
-def _limits(exp: Experiment, params: dict[str, Any]) -> Any:
-    from knobflow import engine
-
-    return engine.limits(exp, trials=params.get("trials"), max_failed=params.get("max_failed"))
 
 
 def _load(path: str) -> Experiment:
@@ -95,10 +94,119 @@ def build_continuous_dag(exp: Experiment) -> DAG:
     return dag
 
 
+def _inventory_choices(exp: Experiment) -> tuple[list[str], int]:
+    """The host patterns the trigger form offers (the inventory's groups, then its hosts) and how
+    many hosts the inventory has. Read when the DAG is parsed; ([], 1) when the inventory cannot
+    be read (the run then reports the problem)."""
+    try:
+        from ansible.inventory.manager import InventoryManager
+        from ansible.parsing.dataloader import DataLoader
+
+        inv = InventoryManager(loader=DataLoader(), sources=[str(exp.inventory())])
+        groups = sorted(g for g in inv.groups if g != "ungrouped")
+        hosts = [h.name for h in inv.get_hosts("all")]
+    except Exception:
+        return [], 1
+    return [*groups, *[h for h in hosts if h not in groups]], max(1, len(hosts))
+
+
+def _tuner_choices(exp: Experiment) -> list[str]:
+    """The tuners that can run this experiment's search space and objectives."""
+    from knobflow import spec
+    from knobflow.tuners import registry
+
+    out = []
+    for name in registry.names():
+        options = exp.tuner_options() if name == exp.model.tuner.name else {}
+        try:
+            why = registry.check(
+                name, options, spec._distributions(exp.model.tunables), objectives=len(exp.objective_list)
+            )
+        except Exception:
+            why = "cannot check"
+        if why is None:
+            out.append(name)
+    return out
+
+
+def trigger_params(exp: Experiment) -> dict[str, Param]:
+    """The trigger form of an experiment's DAG: JSON-schema Params, so the form (and the REST API)
+    refuses a bad value before any task runs."""
+    m = exp.model
+    choices, n_hosts = _inventory_choices(exp)
+    max_parallel = max(m.parallel, n_hosts) if m.target.per_trial == "one" else 1
+    hosts_schema: dict[str, Any] = {"enum": [None, *choices]} if choices else {"minLength": 1}
+    if m.target.per_trial == "one":
+        parallel_text = f"(target.per_trial: one; at most {max_parallel}, the inventory's hosts)."
+    else:
+        parallel_text = "(this experiment runs each trial on all its hosts, target.per_trial: all, so 1)."
+    return {
+        "trials": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1024,
+            title="Trials",
+            description=f"Total trials for the experiment (empty: the file's {m.budget.trials}). "
+            "Raise it to add trials to a finished experiment.",
+        ),
+        "max_failed": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Max failed trials",
+            description=f"Stop after this many failed trials (empty: the file's {m.budget.max_failed}).",
+        ),
+        "tuner": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *_tuner_choices(exp)],
+            title="Tuner",
+            description=f"The tuner for this run's trials (empty: the file's {m.tuner.name!r}).",
+        ),
+        "parallel": Param(
+            m.parallel,
+            type="integer",
+            minimum=1,
+            maximum=max_parallel,
+            title="Parallel trials",
+            description="Trials in flight at once, each on its own free host of the target " + parallel_text,
+        ),
+        "hosts": Param(
+            None,
+            type=["null", "string"],
+            title="Target hosts",
+            description=f"An inventory group or host to tune (empty: the file's target.hosts {m.target.hosts!r}).",
+            **hosts_schema,
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Check instead of tune: validate the file, the hosts and the tunables, and show what "
+            "applying the baseline would change (Ansible check mode). Nothing is changed or recorded.",
+        ),
+        "note": Param(
+            None,
+            type=["null", "string"],
+            maxLength=500,
+            title="Note",
+            description="Free text kept with every trial of this run (why it was run, what changed).",
+        ),
+    }
+
+
 def build_dag(exp: Experiment) -> DAG:
-    """Build the DAG of one validated experiment (its file is re-read when tasks run)."""
+    """Build the DAG of one validated experiment (its file is re-read when tasks run).
+
+    Shape: ``prepare`` >> ``trial`` (mapped) >> ``finish``, from
+    :func:`knobflow.airflow.operators.knobflow_experiment`; with ``promote:`` in the file, then
+    ``approve`` (a human-in-the-loop approval, unless ``promote.approval`` is false) >> ``promote``.
+    """
     if exp.model.mode == "continuous":
         return build_continuous_dag(exp)
+    from knobflow.airflow.operators import KnobflowPromoteOperator, best_asset, knobflow_experiment
+
     assert exp.path is not None, "experiments loaded from a file only"
     path = str(exp.path)
     m = exp.model
@@ -107,7 +215,10 @@ def build_dag(exp: Experiment) -> DAG:
         f"* file: `{path}`\n* objective: {exp.objective_text()}\n"
         f"* tunables: {', '.join(t.name for t in m.tunables)}\n* tuner: `{m.tuner.name}`\n"
         f"* budget: {m.budget.trials} trials, at most {m.budget.max_failed} failed\n"
+        f"* target: `{m.target.hosts}` (per trial: {m.target.per_trial}); parallel {m.parallel}\n"
+        f"* the best configuration is published as the Asset `{best_asset(m.name).uri}`\n"
     )
+    params = trigger_params(exp)
     with DAG(
         dag_id=dag_id_for(m.name),
         description=(m.description or f"knobflow experiment {m.name}")[:200],
@@ -116,115 +227,43 @@ def build_dag(exp: Experiment) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["knobflow", "experiment"],
-        params={
-            "trials": Param(
-                None,
-                type=["null", "integer"],
-                minimum=1,
-                maximum=1024,
-                description="Total trials for the experiment (the file's budget.trials when empty). "
-                "Raise it to add trials to a finished experiment.",
-            ),
-            "max_failed": Param(
-                None,
-                type=["null", "integer"],
-                minimum=1,
-                description="Stop after this many failed trials (the file's budget.max_failed when empty).",
-            ),
-        },
+        params=params,
+        render_template_as_native_obj=True,
         default_args={"retries": 0},
     ) as dag:
-
-        @task(task_id="prepare")
-        def prepare() -> list[int]:
-            """Open the study, recover interrupted trials, return the trial slots of this run."""
-            from knobflow import engine
-
-            ctx = get_current_context()
-            exp_now = _load(path)
-            plan = engine.prepare(exp_now, _limits(exp_now, dict(ctx["params"])))
-            print(
-                f"experiment {plan.experiment}: {plan.done} trials done ({plan.failed} failed); "
-                f"budget {plan.limits.trials}; {plan.slots} to run"
-            )
-            if plan.recovered:
-                print(f"recovered interrupted trials {plan.recovered}: their configurations are queued again")
-            if plan.stop_reason:
-                print(plan.stop_reason)
-            return list(range(plan.slots))
-
-        @task(
-            task_id="trial",
-            map_index_template=TRIAL_LABEL,
-            max_active_tis_per_dagrun=m.parallel,
-            multiple_outputs=False,
+        group = knobflow_experiment(
+            path,
+            experiment_name=m.name,
+            prefix_group_id=False,
+            max_parallel=int(params["parallel"].schema["maximum"]),
+            trials="{{ params.trials }}",
+            max_failed="{{ params.max_failed }}",
+            tuner="{{ params.tuner }}",
+            parallel="{{ params.parallel }}",
+            hosts="{{ params.hosts }}",
+            note="{{ params.note }}",
+            dry_run="{{ params.dry_run }}",
         )
-        def trial(slot: int) -> dict[str, Any]:
-            """One trial: ask the tuner, apply + benchmark in one playbook run, tell the result."""
-            from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+        if m.promote is not None:
+            promote = KnobflowPromoteOperator(task_id="promote", experiment=path, tuner="{{ params.tuner }}")
+            finish = group.children["finish"]
+            if m.promote.approval:
+                from datetime import timedelta
 
-            from knobflow import engine
+                from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-            ctx = get_current_context()
-            exp_now = _load(path)
-
-            def label(text: str) -> None:
-                ctx["knobflow_trial_label"] = text  # type: ignore[typeddict-unknown-key]
-
-            try:
-                result = engine.run_trial(
-                    exp_now,
-                    _limits(exp_now, dict(ctx["params"])),
-                    run_id=ctx["run_id"],
-                    on_label=label,
-                    on_line=print,
+                approve = ApprovalOperator(
+                    task_id="approve",
+                    subject=f"Promote the best configuration of knobflow experiment {m.name}?",
+                    body="The best trial of the experiment, applied to "
+                    f"`{m.promote.hosts or m.target.hosts}` on approval:\n\n"
+                    "```\n{{ ti.xcom_pull(task_ids='finish') }}\n```",
+                    response_timeout=timedelta(seconds=m.promote.approval_timeout),
+                    defaults="Reject",
                 )
-            except engine.ExperimentStopped as stop:
-                label(f"slot {slot}: not run")
-                raise AirflowSkipException(str(stop)) from None
-            out = result.as_dict()
-            print(
-                f"trial {result.number}: {result.state}; objective {result.value}; params {result.params}; "
-                f"metrics {result.metrics}"
-            )
-            # Every trial's record under one key, failed ones included (a failed task returns nothing).
-            ctx["ti"].xcom_push(key="trial", value=out)
-            if result.state != "complete":
-                raise AirflowException(f"trial {result.number} failed: {result.reason}")
-            return out
-
-        @task(task_id="finish", trigger_rule="all_done", multiple_outputs=False)
-        def finish() -> dict[str, Any]:
-            """Summarise, put the target back (or apply the best), fail if max_failed was reached."""
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from knobflow import engine
-
-            ctx = get_current_context()
-            exp_now = _load(path)
-            summary = engine.finish(exp_now, _limits(exp_now, dict(ctx["params"])))
-            best = summary.best
-            print(
-                f"experiment {summary.experiment}: {summary.trials} trials, {summary.failed} failed; "
-                + (f"best trial {best.number}: {summary.metric} = {best.value} {best.params}" if best else "no result")
-                + (f"; gain over the baseline {summary.gain_pct:+.1f}%" if summary.gain_pct is not None else "")
-            )
-            if summary.stop_reason and not summary.stop_reason.startswith("budget"):
-                raise AirflowFailException(summary.stop_reason)
-            if summary.finish_error:
-                raise AirflowFailException(summary.finish_error)
-            return {
-                "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params},
-                "gain_pct": summary.gain_pct,
-                "trials": summary.trials,
-                "failed": summary.failed,
-            }
-
-        slots = prepare()
-        trials = trial.expand(slot=slots)
-        done = finish()
-        trials >> done
-
+                finish >> approve >> promote
+            else:
+                finish >> promote
     return dag
 
 

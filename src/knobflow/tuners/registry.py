@@ -14,6 +14,15 @@ def names() -> list[str]:
     return sorted([*SAMPLERS, "identity", "auto", "morris", *KINDS])
 
 
+def sequential() -> list[str]:
+    """Tuners that must see each trial's result before proposing the next: they cannot run
+    ``parallel`` trials (the online tuners, whose rounds are a sequence, and the morris design,
+    whose trajectories are built one step at a time)."""
+    from knobflow.tuners.online_adapter import KINDS
+
+    return sorted(["morris", *KINDS])
+
+
 def describe() -> dict[str, str]:
     """Each tuner's one-line description, with what it needs when that is not installed."""
     from knobflow.tuners.online_adapter import KINDS
