@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -199,24 +200,36 @@ def recover(exp: Experiment, store: Store, study: optuna.Study) -> list[int]:
     from knobflow.leases import host_key
 
     def revert(t: Any) -> str | None:
+        notes = []
+        tag = t.user_attrs.get("run_tag")
+        if tag and (t.user_attrs.get("owner") or {}).get("host") == socket.gethostname():
+            # A killed process leaves its playbook run behind (ansible-runner's child ignores SIGHUP):
+            # stop it before anything else touches the hosts. Processes on remote hosts are out of reach.
+            killed = bridge.kill_tagged(tag)
+            if killed:
+                notes.append(f"stopped {killed} process{'es' if killed != 1 else ''} its playbook run left running")
         hosts = list(t.user_attrs.get("targets") or [])
         if not hosts:
-            return None
+            return "; ".join(notes) or None
         leases = _leases(store)
         token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number})
         if token is None:
-            return (
+            notes.append(
                 f"target {', '.join(hosts)} not reverted: another trial holds it now and has applied its own "
                 "configuration"
             )
+            return "; ".join(notes)
         try:
             log = trial_log_path(exp, t.number)
             result = _run_on_target(exp.for_hosts(",".join(hosts)), "revert.yml", _extravars(exp, -1, {}), log)
         finally:
             leases.release(token)
-        if result.ok:
-            return f"target {', '.join(hosts)} reverted"
-        return f"reverting target {', '.join(hosts)} failed: {result.reason}"
+        notes.append(
+            f"target {', '.join(hosts)} reverted"
+            if result.ok
+            else f"reverting target {', '.join(hosts)} failed: {result.reason}"
+        )
+        return "; ".join(notes)
 
     return store.recover(study, grace_s=exp.model.budget.trial_timeout + 60, on_stale=revert)
 
@@ -377,6 +390,7 @@ def _run_on_target(
     *,
     on_line: Callable[[str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    run_tag: str | None = None,
 ) -> bridge.RunResult:
     """Run one playbook against the experiment's inventory, hosts and roles."""
     return bridge.run_playbook(
@@ -389,6 +403,7 @@ def _run_on_target(
         log_path=log_path,
         on_line=on_line,
         cancel=cancel,
+        run_tag=run_tag,
     )
 
 
@@ -399,12 +414,15 @@ def _run_playbooks(
     *,
     on_line: Callable[[str], None] | None,
     cancel: Callable[[], bool] | None,
+    run_tag: str | None = None,
 ) -> bridge.RunResult:
     """One trial's Ansible: trial.yml (or apply.yml + the user's benchmark playbook, then revert on failure)."""
     log = trial_log_path(exp, number)
     extravars = _extravars(exp, number, params)
     with tempfile.TemporaryDirectory(prefix="knobflow-trial-") as tmp:
-        result = _run_on_target(exp, _playbook_for(exp, Path(tmp)), extravars, log, on_line=on_line, cancel=cancel)
+        result = _run_on_target(
+            exp, _playbook_for(exp, Path(tmp)), extravars, log, on_line=on_line, cancel=cancel, run_tag=run_tag
+        )
     # trial.yml reverts in its rescue, but a user's playbook cannot, and a run killed for its time
     # limit (or cancelled) never reaches the rescue: revert here then.
     if not result.ok and (exp.benchmark_playbook() is not None or result.status in ("timeout", "canceled")):
@@ -611,7 +629,9 @@ def _run_placed(
         )
     except tuners_base.SpaceExhausted as exc:
         raise ExperimentStopped(f"stopped: {exc}") from None
-    extra: dict[str, Any] = {"targets": placement.hosts}
+    # Every process of the trial's playbook run carries this tag: if this process is killed, the
+    # next run of the experiment stops what it left running (recover) before reverting the hosts.
+    extra: dict[str, Any] = {"targets": placement.hosts, "run_tag": uuid.uuid4().hex}
     if slot is not None:
         extra["slot"] = slot
     if note:
@@ -626,7 +646,7 @@ def _run_placed(
     t_asked = time.monotonic()
 
     try:
-        result = _run_playbooks(exp, number, params, on_line=on_line, cancel=cancel)
+        result = _run_playbooks(exp, number, params, on_line=on_line, cancel=cancel, run_tag=extra["run_tag"])
     except BaseException as exc:
         # Never leave a trial RUNNING behind a live process: record why it stopped, then re-raise.
         # Exceptions are errors; other BaseExceptions stop the process (Ctrl-C, SystemExit, Airflow's

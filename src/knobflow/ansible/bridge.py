@@ -126,7 +126,7 @@ def write_data_vars(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def _kill_tagged(tag: str) -> int:
+def kill_tagged(tag: str) -> int:
     """SIGKILL every process on this machine whose environment carries ``KNOBFLOW_RUN_TAG=tag``.
 
     ansible-runner kills ansible-playbook on a timeout, but modules already running (a benchmark,
@@ -162,12 +162,17 @@ def run_playbook(
     keep_artifacts: bool = False,
     check: bool = False,
     diff: bool = False,
+    run_tag: str | None = None,
 ) -> RunResult:
     """Run one playbook and return its status, set_stats data, failure reason and changed tasks.
 
     The ``knobflow`` extra variable (a trial's parameters, the layers, the benchmark settings) is
     passed as data that Ansible never templates; the other extra variables (the experiment's
     ``vars``, which may use Jinja on purpose) are passed as they are.
+
+    ``run_tag`` marks every process of the run (``KNOBFLOW_RUN_TAG`` in their environment; a fresh
+    one when None): a caller that records it can stop what a killed run left behind with
+    :func:`kill_tagged`.
 
     ``check`` runs it in Ansible's check mode (``--check``: roles report what they would change
     and change nothing); ``diff`` adds ``--diff`` (the roles' before/after text goes to the log).
@@ -198,7 +203,7 @@ def run_playbook(
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     # Every process of this run (ansible-playbook, its workers, modules run locally, the benchmark)
     # inherits this marker, so that a run killed for its time limit leaves nothing behind.
-    run_tag = uuid.uuid4().hex
+    run_tag = run_tag or uuid.uuid4().hex
     envvars["KNOBFLOW_RUN_TAG"] = run_tag
     private = Path(tempfile.mkdtemp(prefix="knobflow-runner-"))
     log: IO[str] | None = None
@@ -232,11 +237,11 @@ def run_playbook(
     except Exception as exc:  # ansible-runner raised before or while starting the playbook
         status, rc = "failed", -1
         events.reason = events.reason or f"ansible-runner could not run {playbook.name}: {exc}"
-        _kill_tagged(run_tag)
+        kill_tagged(run_tag)
     except BaseException:
         # The caller is being stopped (Airflow raises AirflowTaskTerminated, a BaseException, on
         # SIGTERM; Ctrl-C raises KeyboardInterrupt): stop the run with it.
-        _kill_tagged(run_tag)
+        kill_tagged(run_tag)
         raise
     finally:
         if log is not None:
@@ -244,7 +249,7 @@ def run_playbook(
         if not keep_artifacts:
             shutil.rmtree(private, ignore_errors=True)
     if status in ("timeout", "canceled"):
-        _kill_tagged(run_tag)
+        kill_tagged(run_tag)
     duration = time.monotonic() - started
     reason = events.reason
     if status == "timeout":
