@@ -585,6 +585,7 @@ def run_trial(
                 store,
                 study,
                 placement,
+                parallel=parallel or exp.model.parallel,
                 t_start=t_start,
                 run_id=run_id,
                 slot=slot,
@@ -605,6 +606,7 @@ def _run_placed(
     study: optuna.Study,
     placement: Placement,
     *,
+    parallel: int,
     t_start: float,
     run_id: str | None,
     slot: str | None,
@@ -622,6 +624,10 @@ def _run_placed(
     tuner = registry.create(
         exp.model.tuner.name, seed=exp.model.tuner.seed, options=exp.tuner_options(), defaults=exp.defaults()
     )
+    if parallel > 1:  # other trials may be running: no duplicate of theirs, constant liar for auto
+        from knobflow.tuners.pending import pending_aware
+
+        tuner = pending_aware(tuner)
     _queue_remeasure(exp, store, study)
     try:
         trial = tuners_base.ask(
