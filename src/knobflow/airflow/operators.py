@@ -397,6 +397,7 @@ def knobflow_experiment(
     dry_run: bool | str = False,
     knobflow_conn_id: str | None = None,
     trial_retries: int = 0,
+    trial_kwargs: dict[str, Any] | None = None,
 ) -> TaskGroup:
     """A task group running one experiment: ``prepare`` >> ``trial`` (mapped) >> ``finish``.
 
@@ -407,6 +408,8 @@ def knobflow_experiment(
     :param max_parallel: at most this many trial tasks of one DAG run at once (fixed when the DAG is
         parsed); ``parallel`` (per run) bounds it further through knobflow's slot leases.
     :param trial_retries: Airflow retries of each trial task (a retry never reports a trial twice).
+    :param trial_kwargs: more arguments of the trial tasks (``pool``, ``queue`` of a Celery worker,
+        ``retry_delay``, ``execution_timeout``, ``post_execute``, ...).
     :param note: kept with each trial of the run.
     The other parameters are :class:`KnobflowBaseOperator`'s; pass templates such as
     ``"{{ params.trials }}"`` to take them from the run's Params.
@@ -433,6 +436,7 @@ def knobflow_experiment(
             retries=trial_retries,
             note=note,
             **common,
+            **(trial_kwargs or {}),
         ).expand(slot=prepare.output)
         finish = KnobflowFinishOperator(
             task_id="finish",
