@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.knobflow-installed
 export KNOBFLOW_HOME ?= $(CURDIR)/.knobflow
 
-.PHONY: demo test test-fast lint venv system clean overhead
+.PHONY: demo test test-fast lint venv system services clean overhead
 
 venv: $(STAMP)
 
@@ -24,7 +24,12 @@ demo: venv
 system:
 	scripts/system-deps.sh
 
-test: venv system
+# PostgreSQL and Redis up and answering on 127.0.0.1 (started when they are not): the tests of real
+# Airflow deployments (tests/e2e/test_airflow_*) use them.
+services: system
+	scripts/services.sh
+
+test: venv system services
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

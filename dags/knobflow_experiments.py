@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+from airflow.sdk import get_parsing_context
+
 from knobflow.airflow.dag_factory import load_experiment_dags
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ def _experiment_files() -> list[Path]:
     return files
 
 
-_dags, _errors = load_experiment_dags(_experiment_files())
+# A task's process parses this file to run one task of one DAG: build that DAG alone.
+_dags, _errors = load_experiment_dags(_experiment_files(), only=get_parsing_context().dag_id)
 for _file, _error in _errors.items():
     log.error("knobflow: skipped experiment file %s:\n%s", _file, _error)
 globals().update(_dags)

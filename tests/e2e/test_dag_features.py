@@ -62,6 +62,16 @@ def test_the_trigger_form_refuses_bad_values(monkeypatch: pytest.MonkeyPatch) ->
     assert set(pool.params.get_param("hosts").schema["enum"]) >= {None, "pool", "h1", "h2"}
     # The generated DAG's trial tasks may run as many at once as the pool has hosts.
     assert pool.get_task("trial").max_active_tis_per_dagrun == 2
+    # The dag-processor sends each DAG to the scheduler through a serialiser that refuses str
+    # subclasses: the form's choices, read with Ansible (whose strings are its own tagged type), must
+    # be plain str (dag.test() never takes this path; a real dag-processor dropped the DAG).
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag in (pool, demo):
+        for name in dag.params:
+            for value in dag.params.get_param(name).schema.get("enum", []):
+                assert type(value) in (str, type(None)), (name, type(value))
+        json.dumps(DagSerialization.to_dict(dag))
 
 
 DAG_TEST = """
