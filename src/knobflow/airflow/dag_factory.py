@@ -258,7 +258,7 @@ def build_dag(exp: Experiment) -> DAG:
                     subject=f"Promote the best configuration of knobflow experiment {m.name}?",
                     body="The best trial of the experiment, applied to "
                     f"`{m.promote.hosts or m.target.hosts}` on approval:\n\n"
-                    "```\n{{ ti.xcom_pull(task_ids='finish') }}\n```",
+                    "```json\n{{ ti.xcom_pull(task_ids='finish') | tojson(indent=2) }}\n```",
                     response_timeout=timedelta(seconds=m.promote.approval_timeout),
                     defaults="Reject",
                 )

@@ -1,0 +1,119 @@
+"""Under a real Airflow deployment (LocalExecutor, PostgreSQL metadata database, REST API):
+
+* a trial's task process is killed with SIGKILL in the middle of its benchmark: the trial is
+  failed with the reason, its target reverted, the run goes on, and a second run with a larger
+  budget continues the study;
+* an experiment with ``promote:`` waits for a person's approval (Airflow's human-in-the-loop
+  ApprovalOperator) and applies nothing until then; once approved through the REST API, the target
+  holds the best configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from knobflow.store import Store
+from tests.airflow_stack import airflow_stack, wait_for, write_experiment
+
+pytestmark = pytest.mark.slow
+
+KILL = "test-af-kill"
+PROMOTE = "test-af-promote"
+
+
+def _store(home: Path) -> Store:
+    return Store(f"sqlite:///{home / 'knobflow.db'}")
+
+
+def _running_trial(home: Path, name: str) -> dict | None:
+    """The RUNNING trial of ``name`` whose configuration is applied (its layer file written), if any."""
+    if not (home / "knobflow.db").exists():
+        return None
+    store = _store(home)
+    try:
+        if not store.exists(name):
+            return None
+        for r in store.records(name):
+            applied = (home / f"noop-layer-{name}-localhost.json").exists()
+            if r.state == "running" and r.attrs.get("owner") and applied:
+                return {"number": r.number, "pid": r.attrs["owner"]["pid"], "params": r.params}
+        return None
+    finally:
+        store.storage.engine.dispose()
+
+
+@pytest.mark.timeout(1500)
+def test_a_killed_trial_task_and_the_promote_approval_under_a_real_scheduler(tmp_path: Path) -> None:
+    experiments = tmp_path / "experiments"
+    write_experiment(experiments, KILL, trials=3, bench_sleep=20)
+    promote_file = write_experiment(experiments, PROMOTE, trials=2, bench_sleep=0)
+    promote_file.write_text(promote_file.read_text() + "promote:\n  approval: true\n  approval_timeout: 900\n")
+    home = tmp_path / "knobflow"
+    with airflow_stack(tmp_path / "stack", experiments=experiments, knobflow_home=home) as stack:
+        # 1. SIGKILL the task process of a running trial.
+        stack.wait_dag(f"knobflow_{KILL}")
+        run_id = stack.trigger(f"knobflow_{KILL}", {"trials": 3})
+        victim = wait_for("a trial applied and benchmarking", lambda: _running_trial(home, KILL), timeout=300)
+        time.sleep(2)  # inside its 20 s benchmark
+        os.kill(victim["pid"], signal.SIGKILL)
+        run = stack.wait_run(f"knobflow_{KILL}", run_id, timeout=600)
+        tis = {(t["task_id"], t["map_index"]): t for t in stack.tasks(f"knobflow_{KILL}", run_id)}
+        assert tis[("trial", 0)]["state"] == "failed", tis[("trial", 0)]
+        assert [tis[("trial", i)]["state"] for i in (1, 2)] == ["success", "success"]
+        assert tis[("finish", -1)]["state"] == "success" and run["state"] in ("success", "failed")
+        store = _store(home)
+        records = {r.number: r for r in store.records(KILL)}
+        killed = records[victim["number"]]
+        assert killed.state == "fail" and killed.interrupted
+        reason = killed.reason or ""
+        assert f"pid {victim['pid']}" in reason and "is gone" in reason, reason
+        assert "target localhost reverted" in reason, reason
+        # The next trial task recovered it and ran its configuration (the baseline) again.
+        again = [r for r in records.values() if r.attrs.get("requeued_from") == killed.number]
+        assert len(again) == 1 and again[0].params == killed.params and again[0].state == "complete"
+        p = store.progress(store.load(KILL))
+        # The killed slot's trial counts neither toward the budget nor as failed: 2 of 3 done.
+        assert (p.done, p.failed, p.running) == (2, 0, 0)
+
+        # Triggering the finished experiment again with a larger budget continues it.
+        run2 = stack.trigger(f"knobflow_{KILL}", {"trials": 5})
+        assert stack.wait_run(f"knobflow_{KILL}", run2, timeout=600)["state"] == "success"
+        p = store.progress(store.load(KILL))
+        assert (p.done, p.failed) == (5, 0)
+        assert len([t for t in stack.tasks(f"knobflow_{KILL}", run2) if t["task_id"] == "trial"]) == 3
+        store.storage.engine.dispose()
+
+        # 2. Promote waits for approval, then applies the best configuration.
+        dag = f"knobflow_{PROMOTE}"
+        stack.wait_dag(dag)
+        target = home / f"noop-layer-{PROMOTE}-localhost.json"
+        run_id = stack.trigger(dag, {})
+
+        def awaiting() -> dict | None:
+            ti = {t["task_id"]: t for t in stack.tasks(dag, run_id)}.get("approve")
+            return ti if ti and ti["state"] in ("awaiting_input", "deferred") else None
+
+        wait_for("the approval step to wait for a person", awaiting, timeout=300)
+        time.sleep(5)
+        states = {t["task_id"]: t["state"] for t in stack.tasks(dag, run_id)}
+        assert states["promote"] in (None, "none", "scheduled") or states["promote"] is None, states
+        assert not target.exists(), "the finish step reverted the target and nothing was applied before approval"
+        detail = stack.api("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+        assert "Promote the best configuration" in detail["subject"] and '"best"' in (detail.get("body") or "")
+        stack.api(
+            "PATCH",
+            f"/dags/{dag}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+            json={"chosen_options": ["Approve"]},
+        )
+        assert stack.wait_run(dag, run_id, timeout=300)["state"] == "success"
+        store = _store(home)
+        best = max((r for r in store.records(PROMOTE) if r.state == "complete"), key=lambda r: r.value or 0)
+        assert json.loads(target.read_text()) == best.params  # checked on the target
+        assert store.load(PROMOTE).user_attrs["promoted"][-1]["trial"] == best.number
+        store.storage.engine.dispose()
