@@ -69,7 +69,10 @@ with DAG(
         """Read the best configuration from the Asset event that triggered this run."""
         events = context["triggering_asset_events"][best_asset(EXPERIMENT_NAME)]
         extra = dict(events[-1].extra)
-        print(f"experiment {extra['experiment']}: trial {extra['trial']} {extra['params']}")
+        if extra.get("params") is None:
+            print(f"experiment {extra.get('experiment')}: no best configuration yet")
+        else:
+            print(f"experiment {extra['experiment']}: trial {extra['trial']} {extra['params']}")
         return extra
 
     use_best()

@@ -81,6 +81,9 @@ def _airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(af / "logs"),
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        # The generated DAG leaves out promote's approval step: dag.test() has no person to ask
+        # (nor a scheduler to time the wait out). `knobflow promote` applies the best instead.
+        "KNOBFLOW_DRIVER": "cli",
     }
 
 
@@ -308,7 +311,7 @@ def _run_locked(exp: Any, args: argparse.Namespace, env: dict[str, str], run_log
     _print_summary(summary, sys.stdout)
     state = str(getattr(dagrun, "state", ""))
     print(f"Airflow run {getattr(dagrun, 'run_id', '?')}: {state} in {time.monotonic() - started:.0f} s")
-    if summary.stop_reason and not summary.stop_reason.startswith("budget"):
+    if engine.failed_stop(summary.stop_reason):
         print(summary.stop_reason, file=sys.stderr)
         return EXIT_FAILED
     if "success" not in state:
@@ -714,6 +717,43 @@ def cmd_remeasure(args: argparse.Namespace) -> int:
     path = remeasure.write(result, args.out)
     print(f"written: {path}")
     return EXIT_OK if result.baseline.values and result.candidate.values else EXIT_FAILED
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from knobflow import engine, spec
+    from knobflow.store import StoreError
+
+    try:
+        exp = spec.load(args.file)
+    except spec.SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        summary = engine.summarize(exp)
+    except StoreError as exc:
+        print(f"knobflow promote: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    best = summary.best
+    if best is None:
+        print(f"knobflow promote: experiment {exp.name} has no completed feasible trial to promote", file=sys.stderr)
+        return EXIT_FAILED
+    where = args.hosts or (exp.model.promote.hosts if exp.model.promote else None) or exp.model.target.hosts
+    print(f"best trial {best.number}: {summary.metric} = {summary.best_value} {best.params}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("knobflow promote: confirm with --yes (no terminal to ask on)", file=sys.stderr)
+            return EXIT_INVALID
+        answer = input(f"apply it to {where!r} and leave it there? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing applied")
+            return EXIT_FAILED
+    try:
+        applied = engine.promote(exp, hosts=args.hosts, on_line=print)
+    except engine.PromoteFailed as exc:
+        print(f"knobflow promote: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"applied trial {applied['trial']} to {', '.join(applied['hosts'])}")
+    return EXIT_OK
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -1354,6 +1394,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="JSON file for the result (default: the experiment's log folder)")
     p.set_defaults(func=cmd_remeasure)
+
+    p = sub.add_parser(
+        "promote", help="apply an experiment's best configuration to its target (or --hosts) and leave it there"
+    )
+    p.add_argument("file", help="the experiment file")
+    p.add_argument("--hosts", help="an inventory host or group (default: promote.hosts, else target.hosts)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("export", help="write an experiment's trials as CSV or JSON rows (`import` reads them back)")
     p.add_argument("name", help="experiment name, or its file")

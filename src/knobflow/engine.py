@@ -11,7 +11,8 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,16 @@ class Summary:
 
 def limits(exp: Experiment, *, trials: int | None = None, max_failed: int | None = None) -> Limits:
     return Limits(trials=trials or exp.model.budget.trials, max_failed=max_failed or exp.model.budget.max_failed)
+
+
+# Stop reasons that end an experiment as planned; any other (max_failed reached, no configuration
+# left, a failed set-up) is a failure of the experiment.
+PLANNED_ENDS = ("budget spent", "time limit reached", "target reached", "patience exhausted")
+
+
+def failed_stop(reason: str | None) -> bool:
+    """Whether a stop reason means the experiment failed (not a planned end such as its budget)."""
+    return bool(reason) and not str(reason).startswith(PLANNED_ENDS)
 
 
 def _stop_reason(done: int, failed: int, lim: Limits) -> str | None:
@@ -308,7 +319,7 @@ def set_up(exp: Experiment) -> list[str]:
     base = _extravars(exp, -1, {})
     if exp.model.setup:
         base["knobflow"]["setup"] = _steps(exp.model.setup)
-        result = _run_on_target(exp, "setup.yml", base, log)
+        result = _run_held(exp, "setup.yml", base, log, why="set-up")
         if not result.ok:
             raise SetupFailed(f"set-up failed: {result.reason} (log: {log})")
         done.append("setup: " + ", ".join(f"{st.role}/{st.tasks_from}" for st in exp.model.setup))
@@ -316,7 +327,7 @@ def set_up(exp: Experiment) -> list[str]:
     if layers:
         base["knobflow"]["validate"] = layers
         base["knobflow"]["tunables"] = _tunables_by_layer(exp)
-        result = _run_on_target(exp, "validate.yml", base, log)
+        result = _run_held(exp, "validate.yml", base, log, why="validation")
         if not result.ok:
             raise SetupFailed(f"the target refused the tunables: {result.reason} (log: {log})")
         done.append("validated layers: " + ", ".join(layers))
@@ -330,7 +341,7 @@ def tear_down(exp: Experiment) -> str | None:
     extravars = _extravars(exp, -1, {})
     extravars["knobflow"]["teardown"] = _steps(exp.model.teardown)
     log = _paths.knobflow_home() / "logs" / exp.name / "teardown.log"
-    result = _run_on_target(exp, "teardown.yml", extravars, log)
+    result = _run_held(exp, "teardown.yml", extravars, log, why="tear-down")
     return None if result.ok else f"tear-down failed: {result.reason} (log: {log})"
 
 
@@ -405,6 +416,19 @@ def _run_on_target(
         cancel=cancel,
         run_tag=run_tag,
     )
+
+
+def _run_held(
+    exp: Experiment, playbook: str | Path, extravars: dict[str, Any], log_path: Path, *, why: str
+) -> bridge.RunResult:
+    """:func:`_run_on_target` while holding the leases of every target host (set-up, validation,
+    finish, tear-down: steps outside a trial that change or read the target)."""
+    try:
+        hosts = target_hosts(exp)
+        with holding_hosts(exp, Store(exp.storage_url()), hosts, why=why, wait_s=exp.model.budget.trial_timeout + 60):
+            return _run_on_target(exp, playbook, extravars, log_path)
+    except (HostsBusy, SetupFailed) as exc:
+        return bridge.RunResult(status="failed", rc=-1, reason=str(exc))
 
 
 def _run_playbooks(
@@ -507,9 +531,10 @@ def place(
                 return Placement(hosts, token, exp.model.target.hosts, time.monotonic() - started)
         waited = time.monotonic() - started
         if not said and on_line is not None:
+            now = time.time()
             holders = sorted(
                 f"{lease.key.removeprefix('host:')} (experiment {lease.holder.get('experiment')}, "
-                f"trial {lease.holder.get('trial', '?')})"
+                f"{lease.holder.get('why', 'a trial')} for {now - lease.acquired:.0f} s)"
                 for lease in leases.held()
                 if lease.key.startswith("host:") and lease.key.removeprefix("host:") in hosts
             )
@@ -523,6 +548,41 @@ def place(
         if cancel is not None and cancel():
             raise HostsBusy("cancelled while waiting for a free target host")
         time.sleep(min(2.0, max(0.2, wait_s - waited)))
+
+
+@contextmanager
+def holding_hosts(
+    exp: Experiment,
+    store: Store,
+    hosts: list[str],
+    *,
+    why: str,
+    wait_s: float,
+    on_line: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold the leases of ``hosts`` (all of them) for the block: no trial of any experiment in this
+    store benchmarks on them meanwhile. Waits up to ``wait_s`` for them; :class:`HostsBusy` then."""
+    from knobflow.leases import host_key
+
+    leases = _leases(store)
+    started = time.monotonic()
+    said = False
+    while True:
+        leases.free_dead()
+        token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "why": why})
+        if token is not None:
+            break
+        if time.monotonic() - started > wait_s:
+            raise HostsBusy(f"hosts {', '.join(hosts)} stayed busy for {wait_s:.0f} s (other trials hold them)")
+        if not said and on_line is not None:
+            on_line(f"{why}: waiting for hosts {', '.join(hosts)} to be free")
+            said = True
+        time.sleep(1.0)
+    try:
+        with leases.keep_alive(token):
+            yield
+    finally:
+        leases.release(token)
 
 
 def slot_trial(store: Store, study: optuna.Study, slot: str) -> Any | None:
@@ -657,7 +717,14 @@ def _run_placed(
         # Never leave a trial RUNNING behind a live process: record why it stopped, then re-raise.
         # Exceptions are errors; other BaseExceptions stop the process (Ctrl-C, SystemExit, Airflow's
         # AirflowTaskTerminated on SIGTERM): the trial was interrupted and its configuration runs again.
-        why = "knobflow error" if isinstance(exc, Exception) else "interrupted"
+        # Airflow's AirflowTaskTimeout (the task's execution_timeout) is a BaseException too, but the
+        # configuration did take too long: a failed trial that counts, not one to run again forever.
+        if isinstance(exc, Exception):
+            why = "knobflow error"
+        elif type(exc).__name__ == "AirflowTaskTimeout":
+            why = "timed out (the task's execution_timeout)"
+        else:
+            why = "interrupted"
         store.finish(
             study,
             number,
@@ -783,7 +850,7 @@ def finish(exp: Experiment, lim: Limits) -> Summary:
             summary.finish_action = "revert"  # also for `best` when no trial completed
             playbook, extravars = "revert.yml", _extravars(exp, -1, {})
         log = _paths.knobflow_home() / "logs" / exp.name / "finish.log"
-        result = _run_on_target(exp, playbook, extravars, log)
+        result = _run_held(exp, playbook, extravars, log, why="finish")
         if not result.ok:
             summary.finish_error = f"{action} failed: {result.reason}"
     if (why := tear_down(exp)) is not None:
@@ -821,12 +888,21 @@ def dry_run(exp: Experiment) -> DryRun:
         out.lines.append(f"target: {exc}")
         return out
     out.lines.append(f"target hosts ({m.target.hosts}, per trial: {m.target.per_trial}): {', '.join(hosts)}")
-    store = Store(exp.storage_url())
-    if store.exists(exp.name):
+    from knobflow.airflow.hooks import missing_store
+
+    url = exp.storage_url()
+    try:
+        missing = missing_store(url)  # creates nothing, unlike opening the store
+    except Exception as exc:
+        out.problem = f"the store {url} cannot be reached: {exc}"
+        out.lines.append(out.problem)
+        return out
+    store = None if missing else Store(url)
+    if store is not None and store.exists(exp.name):
         p = store.progress(store.load(exp.name))
         out.lines.append(f"store {store.url}: {p.done} trials done ({p.failed} failed), {p.running} running")
     else:
-        out.lines.append(f"store {store.url}: no study yet (the first real run creates it, baseline first)")
+        out.lines.append(f"store {url}: no study yet (the first real run creates it, baseline first)")
     out.lines.append(f"baseline: {exp.defaults()}")
     log = _paths.knobflow_home() / "logs" / exp.name / "dry-run.log"
     base = _extravars(exp, -1, {})
@@ -867,40 +943,30 @@ def dry_run(exp: Experiment) -> DryRun:
     return out
 
 
-def promote(exp: Experiment, *, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Apply the experiment's best configuration to ``promote.hosts`` (or ``target.hosts``), holding
-    each host's lease while it changes. Raises :class:`PromoteFailed`."""
-    from knobflow.leases import host_key
+def promote(
+    exp: Experiment, *, hosts: str | None = None, on_line: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Apply the experiment's best configuration to ``hosts`` (default: ``promote.hosts``, else
+    ``target.hosts``), holding the hosts' leases while they change. Raises :class:`PromoteFailed`."""
 
     summary = summarize(exp)
     if summary.best is None:
         raise PromoteFailed(f"experiment {exp.name} has no completed feasible trial to promote")
-    pattern = (exp.model.promote.hosts if exp.model.promote else None) or exp.model.target.hosts
+    pattern = hosts or (exp.model.promote.hosts if exp.model.promote else None) or exp.model.target.hosts
     target = exp.for_hosts(pattern)
-    hosts = target_hosts(target)
+    names = target_hosts(target)
     store = Store(exp.storage_url())
-    leases = _leases(store)
-    started = time.monotonic()
-    token = None
-    while token is None:
-        leases.free_dead()
-        token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "promote": True})
-        if token is None:
-            if time.monotonic() - started > exp.model.budget.trial_timeout:
-                raise PromoteFailed(f"hosts {', '.join(hosts)} stayed busy (other trials hold them); nothing applied")
-            if on_line is not None and time.monotonic() - started < 2.5:
-                on_line(f"waiting for hosts {', '.join(hosts)} to be free")
-            time.sleep(2)
     best = summary.best
+    log = _paths.knobflow_home() / "logs" / exp.name / "promote.log"
     try:
-        log = _paths.knobflow_home() / "logs" / exp.name / "promote.log"
-        result = _run_on_target(target, "apply.yml", _extravars(exp, best.number, best.params), log)
-    finally:
-        leases.release(token)
+        with holding_hosts(exp, store, names, why="promote", wait_s=exp.model.budget.trial_timeout, on_line=on_line):
+            result = _run_on_target(target, "apply.yml", _extravars(exp, best.number, best.params), log)
+    except HostsBusy as exc:
+        raise PromoteFailed(f"{exc}; nothing applied") from None
     if not result.ok:
         raise PromoteFailed(f"applying trial {best.number}'s configuration failed: {result.reason} (log: {log})")
     study = store.load(exp.name)
     history = list(study.user_attrs.get("promoted") or [])
-    history.append({"trial": best.number, "params": best.params, "hosts": hosts, "at": time.time()})
+    history.append({"trial": best.number, "params": best.params, "hosts": names, "at": time.time()})
     study.set_user_attr("promoted", history)
-    return {"trial": best.number, "params": best.params, "value": summary.best_value, "hosts": hosts}
+    return {"trial": best.number, "params": best.params, "value": summary.best_value, "hosts": names}

@@ -166,3 +166,54 @@ def test_a_dry_run_of_the_generated_dag_changes_and_records_nothing(home: Path) 
     assert not Store(exp.storage_url()).exists(exp.name)
     assert not list(home.glob("target-*"))
     assert out["events"] == []
+
+
+def test_promote_adds_an_approval_step_except_under_knobflow_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (DATA / "experiments" / "pool.yaml").read_text().replace("name: test-pool", "name: test-pool-promote")
+    f = DATA / "experiments" / "pool.yaml"
+    promoted = tmp_path / "pool-promote.yaml"
+    promoted.write_text(text + "promote:\n  hosts: h2\n")
+    for name in ("pool-inventory.yml", "pool_bench.py"):
+        (tmp_path / name).write_text((f.parent / name).read_text())
+    (tmp_path / "roles").symlink_to(f.parent / "roles")
+    dag = _bag(REPO / "dags", monkeypatch, [promoted]).dags["knobflow_test-pool-promote"]
+    assert dag.get_task("approve").downstream_task_ids == {"promote"}
+    assert dag.get_task("finish").downstream_task_ids == {"approve"}
+    assert type(dag.get_task("approve")).__name__ == "ApprovalOperator"
+    # `knobflow run` drives the DAG with dag.test(): nobody could approve, so no approval step.
+    monkeypatch.setenv("KNOBFLOW_DRIVER", "cli")
+    dag = _bag(REPO / "dags", monkeypatch, [promoted]).dags["knobflow_test-pool-promote"]
+    assert {t.task_id for t in dag.tasks} == {"prepare", "trial", "finish"}
+
+
+def test_a_tuner_chosen_at_trigger_time_does_not_inherit_the_files_tuner_options(tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from knobflow.airflow.operators import KnobflowPrepareOperator
+
+    f = tmp_path / "sqlite-demo.yaml"
+    f.write_text((REPO / "experiments" / "sqlite-demo.yaml").read_text() + "\n")
+    text = f.read_text()
+    assert "  name: auto\n" in text
+    f.write_text(text.replace("  name: auto\n", "  name: auto\n  options: {n_init: 2}\n"))
+    assert spec.load(f).model.tuner.options == {"n_init": 2}
+    same = KnobflowPrepareOperator(task_id="p", experiment=str(f), tuner="auto")
+    other = KnobflowPrepareOperator(task_id="q", experiment=str(f), tuner="random")
+    assert "tuner.options" not in same.overrides()
+    assert other.overrides() == {"tuner.name": "random", "tuner.options": {}}
+    assert other.load_experiment().model.tuner.options == {}  # auto's n_init would be refused by random
+    bad = KnobflowPrepareOperator(task_id="r", experiment=str(f), parallel=2)
+    with pytest.raises(AirflowFailException, match=r"parallel.*set by the run's parameters: parallel = 2"):
+        bad.load_experiment()
+
+
+def test_only_a_failed_stop_fails_the_experiment() -> None:
+    from knobflow import engine
+
+    for planned in ("budget spent: 5 of 5", "time limit reached: ...", "target reached: best 9", "patience exhausted"):
+        assert not engine.failed_stop(planned)
+    for failed in ("stopped: 5 trials failed, which reaches max_failed=5", "set-up failed: x", "stopped: no config"):
+        assert engine.failed_stop(failed)
+    assert not engine.failed_stop(None)

@@ -247,7 +247,7 @@ def test_dry_run_checks_the_target_and_records_nothing(home: Path, exp_dir: Path
     text = "\n".join(report.lines)
     assert "target hosts (pool, per trial: one): h1, h2" in text
     assert "no study yet" in text and "nothing was changed and nothing was recorded" in text
-    assert not Store(exp.storage_url()).exists(exp.name)
+    assert not (home / "knobflow.db").exists()  # not even the store was created
     assert not list(home.glob("target-*"))  # check mode changed nothing
     broken = spec.load(_pool(exp_dir), overrides={"target.hosts": "nosuch"})
     bad = engine.dry_run(broken)
@@ -277,3 +277,59 @@ def test_promote_without_a_completed_trial_applies_nothing(home: Path, exp_dir: 
     with pytest.raises(engine.PromoteFailed, match="no completed feasible trial"):
         engine.promote(exp)
     assert not list(home.glob("target-*"))
+
+
+def test_a_trial_stopped_by_the_tasks_execution_timeout_is_failed_not_requeued(home: Path, exp_dir: Path) -> None:
+    """Airflow stops a task past its execution_timeout by raising AirflowTaskTimeout (a BaseException)
+    inside it: the trial failed (it counts toward max_failed); it is not an interruption to re-run."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    exp = spec.load(_pool(exp_dir, **{"vars.bench_sleep": 30}))
+
+    def line(text: str) -> None:
+        if "Run the benchmark command" in text:
+            raise AirflowTaskTimeout("Timeout, PID: 1")
+
+    with pytest.raises(AirflowTaskTimeout):
+        engine.run_trial(exp, engine.limits(exp), on_line=line)
+    store = Store(exp.storage_url())
+    [trial] = store.records(exp.name)
+    assert trial.state == "fail" and not trial.interrupted
+    assert "timed out (the task's execution_timeout)" in (trial.reason or "")
+    p = store.progress(store.load(exp.name))
+    assert (p.failed, p.waiting) == (1, 0)  # counted, and not queued to run again
+    assert engine._leases(store).held() == []
+
+
+def test_holding_hosts_waits_for_a_trial_elsewhere_and_gives_up_naming_the_hosts(home: Path, exp_dir: Path) -> None:
+    exp = spec.load(_pool(exp_dir))
+    store, _ = engine.open_study(exp)
+    leases = engine._leases(store)
+    token = leases.try_acquire([host_key("h1")], {"experiment": "other"})
+    with (
+        pytest.raises(engine.HostsBusy, match="hosts h1, h2 stayed busy"),
+        engine.holding_hosts(exp, store, ["h1", "h2"], why="finish", wait_s=1),
+    ):
+        pass
+    leases.release(token)
+    with engine.holding_hosts(exp, store, ["h1", "h2"], why="finish", wait_s=1):
+        assert {lease.holder["why"] for lease in leases.held()} == {"finish"}
+    assert leases.held() == []
+
+
+def test_knobflow_promote_applies_the_best_after_confirmation(home: Path, exp_dir: Path) -> None:
+    from tests.conftest import knobflow
+
+    path = _pool(exp_dir, **{"vars.bench_sleep": 0, "promote.hosts": "h1"})
+    exp = spec.load(path)
+    for _ in range(3):
+        engine.run_trial(exp, engine.limits(exp))
+    refused = knobflow("promote", str(path), home=home)  # no terminal to ask on, no --yes
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    engine.finish(exp, engine.limits(exp))  # reverts: nothing is left on the hosts
+    assert not list(home.glob("target-*"))
+    done = knobflow("promote", str(path), "--yes", "--hosts", "h2", home=home)
+    assert done.returncode == 0, done.stderr
+    best = engine.summarize(exp).best
+    assert json.loads((home / "target-h2.json").read_text()) == best.params  # --hosts wins over promote.hosts
+    assert not (home / "target-h1.json").exists()

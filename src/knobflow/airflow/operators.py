@@ -121,6 +121,8 @@ class KnobflowBaseOperator(BaseOperator):
         tuner = _none_if_blank(self.tuner)
         if tuner is not None:
             out["tuner.name"] = str(tuner)
+            if str(tuner) != _declared(self.experiment, "tuner", "name"):
+                out["tuner.options"] = {}  # the file's options are the file's tuner's
         parallel = _int_or_none("parallel", self.parallel)
         if parallel is not None:
             out["parallel"] = parallel
@@ -271,7 +273,9 @@ class KnobflowFinishOperator(KnobflowBaseOperator):
     """Summarise the experiment, put the target where the file says (revert, best, keep), and
     update the experiment's best-configuration Asset (:func:`best_asset`).
 
-    Fails when the experiment stopped on ``max_failed`` or when putting the target back failed.
+    Fails when the experiment stopped on ``max_failed`` (or its set-up failed, or no configuration
+    was left to try), or when putting the target back failed; a planned end (budget, time limit,
+    target value, patience) succeeds.
     Use ``trigger_rule="all_done"`` so it runs whatever the trials did.
 
     :param dry_run: a dry run's finish does nothing (skipped).
@@ -323,16 +327,18 @@ class KnobflowFinishOperator(KnobflowBaseOperator):
             "failed": summary.failed,
             "finish": summary.finish_action,
         }
-        if self.publish_asset and best is not None:
+        if self.publish_asset:
+            # Every finish updates the Asset; with no best yet (or several objectives) trial, params and
+            # value are None, and a DAG scheduled on it should check.
             context["outlet_events"][best_asset(exp.name)].extra = {
                 "experiment": exp.name,
-                "trial": best.number,
-                "params": best.params,
+                "trial": None if best is None else best.number,
+                "params": None if best is None else best.params,
                 "value": summary.best_value,
                 "metric": summary.metric,
                 "gain_pct": summary.gain_pct,
             }
-        if summary.stop_reason and not summary.stop_reason.startswith("budget"):
+        if engine.failed_stop(summary.stop_reason):  # max_failed, nothing left to try, a failed set-up
             raise AirflowFailException(summary.stop_reason)
         if summary.finish_error:
             raise AirflowFailException(summary.finish_error)
@@ -353,6 +359,11 @@ class KnobflowPromoteOperator(KnobflowBaseOperator):
 
     ui_color = "#fbe3c2"
 
+    def overrides(self) -> dict[str, Any]:
+        out = super().overrides()
+        out.pop("target.hosts", None)  # ``hosts`` says where to promote, not what was tuned
+        return out
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -360,11 +371,27 @@ class KnobflowPromoteOperator(KnobflowBaseOperator):
 
         exp = self.load_experiment()
         try:
-            applied = engine.promote(exp, on_line=lambda line: self.log.info("%s", line))
+            applied = engine.promote(
+                exp, hosts=_none_if_blank(self.hosts), on_line=lambda line: self.log.info("%s", line)
+            )
         except engine.PromoteFailed as exc:
             raise AirflowFailException(str(exc)) from None
         self.log.info("applied trial %d %s to %s", applied["trial"], applied["params"], ", ".join(applied["hosts"]))
         return applied
+
+
+def _declared(path: str, *keys: str) -> Any:
+    """A value of an experiment file read without validating it (None when absent or unreadable)."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            node: Any = yaml.safe_load(fh)
+        for key in keys:
+            node = node[key]
+        return node
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def _experiment_name(path: str) -> str:
