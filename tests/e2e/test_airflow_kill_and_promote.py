@@ -100,7 +100,22 @@ def test_a_killed_trial_task_and_the_promote_approval_under_a_real_scheduler(tmp
             return ti if ti and ti["state"] in ("awaiting_input", "deferred") else None
 
         wait_for("the approval step to wait for a person", awaiting, timeout=300)
-        time.sleep(5)
+        # Answer only once the scheduler has taken in the end of the approval task's first part (the
+        # executor's event for the process that paused it). Airflow 3.3.2 has a race here: an answer
+        # that comes before that event resets the task to scheduled, then the late event marks it
+        # FAILED ("finished with state success, but the task instance's state attribute is queued").
+        # It happened under load in a CI run; a person answers seconds later at the earliest.
+        scheduler_log = stack.logs / "scheduler.log"
+        paused = f"task_id='approve', run_id='{run_id}'"
+
+        def pause_seen() -> bool:
+            return any(
+                "Received executor event with state success" in line and paused in line
+                for line in scheduler_log.read_text(errors="replace").splitlines()
+            )
+
+        wait_for("the scheduler to take in the approval task's pause", pause_seen, timeout=120)
+        time.sleep(2)
         states = {t["task_id"]: t["state"] for t in stack.tasks(dag, run_id)}
         assert states["promote"] in (None, "none", "scheduled") or states["promote"] is None, states
         assert not target.exists(), "the finish step reverted the target and nothing was applied before approval"
