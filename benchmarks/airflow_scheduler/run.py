@@ -94,6 +94,7 @@ def spread(xs: list[float]) -> dict[str, Any]:
     return {
         "n": len(xs),
         "median": statistics.median(xs),
+        "mean": statistics.fmean(xs),
         "min": xs[0],
         "max": xs[-1],
         "p25": q[0],
@@ -697,7 +698,9 @@ def report_overhead(o: dict[str, Any]) -> list[str]:
         f"| the trial's playbook run under ansible-runner | {fmt(o['playbook_s'])} |",
         "",
         f"**Ratio trial cycle / bare run: {o['ratio_cycle_to_bare']:.2f}** (target <= 2; cycles from "
-        f"{o['ratio_cycle_to_bare_range'][0]:.2f} to {o['ratio_cycle_to_bare_range'][1]:.2f} x the bare median). "
+        f"{o['ratio_cycle_to_bare_range'][0]:.2f} to {o['ratio_cycle_to_bare_range'][1]:.2f} x the bare median; "
+        f"means: cycle {o['cycle_s']['mean']:.2f} s, bare {o['bare_ansible_playbook_s']['mean']:.2f} s, "
+        f"{o['cycle_s']['mean'] / o['bare_ansible_playbook_s']['mean']:.2f}x). "
         f"Whole DAG run: {r['wall_s']:.1f} s, {r['per_trial_s']:.2f} s per trial "
         f"({r['ratio_per_trial_to_bare']:.2f} x bare) with the one-off prepare and finish.",
         "",
