@@ -201,9 +201,13 @@ def _leases(store: Store) -> Any:
     return Leases(store.engine)
 
 
-def recover(exp: Experiment, store: Store, study: optuna.Study) -> list[int]:
+def recover(exp: Experiment, store: Store, study: optuna.Study, *, held: list[str] | None = None) -> list[int]:
     """Fail the trials of ``exp`` that a dead process left RUNNING, put their target hosts back
     (revert.yml, under the hosts' leases), and queue their configurations to run again.
+
+    ``held``: hosts whose leases the caller holds already (a trial that has just been placed on a
+    host a dead trial left): their dead trials are reverted under the caller's lease, before the
+    caller's trial touches them.
 
     A host that another live trial holds now is not reverted: that trial has applied its own
     configuration over the dead one's, and its own revert or the experiment's finish puts it back.
@@ -223,8 +227,11 @@ def recover(exp: Experiment, store: Store, study: optuna.Study) -> list[int]:
         if not hosts:
             return "; ".join(notes) or None
         leases = _leases(store)
-        token = leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number})
-        if token is None:
+        ours = held is not None and set(hosts) <= set(held)  # the caller holds them: revert under its lease
+        token = None if ours else leases.try_acquire(
+            [host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number}
+        )
+        if token is None and not ours:
             notes.append(
                 f"target {', '.join(hosts)} not reverted: another trial holds it now and has applied its own "
                 "configuration"
@@ -234,7 +241,8 @@ def recover(exp: Experiment, store: Store, study: optuna.Study) -> list[int]:
             log = trial_log_path(exp, t.number)
             result = _run_on_target(exp.for_hosts(",".join(hosts)), "revert.yml", _extravars(exp, -1, {}), log)
         finally:
-            leases.release(token)
+            if token is not None:
+                leases.release(token)
         notes.append(
             f"target {', '.join(hosts)} reverted"
             if result.ok
@@ -491,6 +499,11 @@ def _host_order(hosts: list[str], trials: list[Any]) -> list[str]:
     return sorted(hosts, key=lambda h: (streak[h], hosts.index(h)))
 
 
+# How often a trial waiting for a host looks again. A trial task started ahead (the DAG's standby
+# task) waits here while the running trial finishes: this is most of the gap between two trials.
+PLACE_POLL_S = 0.5
+
+
 def place(
     exp: Experiment,
     store: Store,
@@ -519,8 +532,9 @@ def place(
         if one:
             held = {lease.key for lease in leases.held()}
             slots = [slot_key(exp.name, i) for i in range(parallel) if slot_key(exp.name, i) not in held]
-            free = [h for h in _host_order(hosts, store.trials(study)) if host_key(h) not in held]
+            free = [h for h in hosts if host_key(h) not in held]
             if slots and free:
+                free = [h for h in _host_order(hosts, store.trials(study)) if h in free]
                 token = leases.try_acquire([slots[0], host_key(free[0])], {"experiment": exp.name})
                 if token is not None:
                     return Placement([free[0]], token, free[0], time.monotonic() - started)
@@ -538,7 +552,15 @@ def place(
                 for lease in leases.held()
                 if lease.key.startswith("host:") and lease.key.removeprefix("host:") in hosts
             )
-            on_line(f"waiting for a free target host; busy: {', '.join(holders) or 'slots of this experiment'}")
+            if one and not slots:
+                mine = {slot_key(exp.name, i) for i in range(parallel)}
+                ages = sorted(f"{now - lease.acquired:.0f} s" for lease in leases.held() if lease.key in mine)
+                on_line(
+                    f"waiting for a trial slot: all {parallel} of the experiment's (parallel {parallel}) are "
+                    f"running trials (for {', '.join(ages) or '?'})"
+                )
+            else:
+                on_line(f"waiting for a free target host; busy: {', '.join(holders) or 'none (looking again)'}")
             said = True
         if waited >= wait_s:
             raise HostsBusy(
@@ -547,7 +569,7 @@ def place(
             )
         if cancel is not None and cancel():
             raise HostsBusy("cancelled while waiting for a free target host")
-        time.sleep(min(2.0, max(0.2, wait_s - waited)))
+        time.sleep(min(PLACE_POLL_S, max(0.1, wait_s - waited)))
 
 
 @contextmanager
@@ -639,6 +661,9 @@ def run_trial(
     assert placement.token is not None
     try:
         with leases.keep_alive(placement.token):
+            # A trial killed while this one waited for its host left the host to us: stop what it left
+            # running and revert the host before this trial touches it.
+            recover(exp, store, study, held=placement.hosts)
             return _run_placed(
                 exp,
                 lim,

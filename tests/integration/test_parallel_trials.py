@@ -61,7 +61,7 @@ TRIAL = (
     "exp = spec.load(sys.argv[1], overrides=json.loads(sys.argv[2]))\n"
     "slot = sys.argv[3] if len(sys.argv) > 3 else None\n"
     "try:\n"
-    "    r = engine.run_trial(exp, engine.limits(exp), slot=slot)\n"
+    "    r = engine.run_trial(exp, engine.limits(exp), slot=slot, on_line=lambda s: print(s, file=sys.stderr))\n"
     "    print(json.dumps(r.as_dict(), default=str))\n"
     "except engine.ExperimentStopped as e:\n"
     "    print(json.dumps({'stopped': str(e)}))\n"
@@ -208,6 +208,43 @@ def test_a_killed_trial_is_failed_with_its_reason_its_host_reverted_and_run_agai
     assert retry.params == killed.params
     p = store.progress(store.load(exp.name))
     assert (p.done, p.failed) == (1, 0)  # an interrupted trial counts neither toward the budget nor as failed
+
+
+def test_a_trial_waiting_when_the_running_one_is_killed_cleans_up_before_it_runs(home: Path, exp_dir: Path) -> None:
+    """The generated DAG starts a trial task ahead (standby), which waits in place() for the running
+    trial's slot. When the running trial's process is SIGKILLed, the waiting one takes its place only
+    after stopping the playbook run the dead one left and reverting its host: the dead trial is
+    failed with that reason before the new benchmark starts, never after."""
+    path = _pool(exp_dir, **{"vars.bench_sleep": 30})
+    first = _trial_process(path, overrides={"parallel": 1}, slot="run-1#0")
+    deadline = time.monotonic() + 180
+    while not _intervals(home):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the benchmark never started"
+        time.sleep(0.2)
+    [(host, bench_pid, _, _)] = _intervals(home)
+    waiting = _trial_process(path, overrides={"parallel": 1}, slot="run-1#1")
+    time.sleep(8)  # past its start-up and recovery check: it is waiting for the slot now
+    assert waiting.poll() is None
+    os.kill(first.pid, signal.SIGKILL)
+    killed_at = time.time()
+    first.wait(timeout=30)
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    assert "waiting for a trial slot: all 1 of the experiment's (parallel 1) are running trials" in err
+    result = json.loads(out.strip().splitlines()[-1])
+    exp = spec.load(path)
+    store = Store(exp.storage_url())
+    [killed, *_] = store.records(exp.name)
+    assert killed.state == "fail" and killed.interrupted
+    assert "its playbook run left running" in (killed.reason or "") and f"target {host} reverted" in (killed.reason or "")
+    # The dead trial's benchmark was stopped (never ended); the waiting trial's ran after the kill.
+    spans = _intervals(home)
+    assert [end for _, pid, _, end in spans if pid == bench_pid] == [None]
+    [(_, _, start, end)] = [s for s in spans if s[1] != bench_pid]
+    assert start > killed_at and end is not None
+    assert result["number"] == 1 and result["state"] == "complete"
+    assert engine._leases(store).held() == []
 
 
 def test_hosts_held_elsewhere_make_a_trial_wait_then_give_up_naming_them(home: Path, exp_dir: Path) -> None:
