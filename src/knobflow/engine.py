@@ -228,8 +228,10 @@ def recover(exp: Experiment, store: Store, study: optuna.Study, *, held: list[st
             return "; ".join(notes) or None
         leases = _leases(store)
         ours = held is not None and set(hosts) <= set(held)  # the caller holds them: revert under its lease
-        token = None if ours else leases.try_acquire(
-            [host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number}
+        token = (
+            None
+            if ours
+            else leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number})
         )
         if token is None and not ours:
             notes.append(

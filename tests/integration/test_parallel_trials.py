@@ -237,7 +237,9 @@ def test_a_trial_waiting_when_the_running_one_is_killed_cleans_up_before_it_runs
     store = Store(exp.storage_url())
     [killed, *_] = store.records(exp.name)
     assert killed.state == "fail" and killed.interrupted
-    assert "its playbook run left running" in (killed.reason or "") and f"target {host} reverted" in (killed.reason or "")
+    assert "its playbook run left running" in (killed.reason or "") and f"target {host} reverted" in (
+        killed.reason or ""
+    )
     # The dead trial's benchmark was stopped (never ended); the waiting trial's ran after the kill.
     spans = _intervals(home)
     assert [end for _, pid, _, end in spans if pid == bench_pid] == [None]
