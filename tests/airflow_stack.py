@@ -703,9 +703,26 @@ def check_experiment_run(
     return tis, records
 
 
-def overlapping(tis: list[dict[str, Any]]) -> bool:
-    """Whether any two of these task instances ran at the same time."""
+def overlapping(spans: list[tuple[Any, Any]]) -> bool:
+    """Whether any two of these (start, end) spans overlap."""
+    ordered = sorted(spans)
+    return any(nxt[0] < prev[1] for prev, nxt in itertools.pairwise(ordered))
+
+
+def ti_spans(tis: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """(start date, end date) of these task instances, as the REST API reports them."""
     from datetime import datetime
 
-    spans = sorted((datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"])) for t in tis)
-    return any(nxt[0] < prev[1] for prev, nxt in itertools.pairwise(spans))
+    return [(datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"])) for t in tis]
+
+
+def trial_spans(storage: str, name: str) -> list[tuple[float, float]]:
+    """(started, finished) of each finished trial of an experiment, from the knobflow store: when a
+    trial held its host (a task instance also waits for its host, and starts before it)."""
+    from knobflow.store import Store
+
+    store = Store(storage)
+    try:
+        return [(r.attrs["started"], r.attrs["finished"]) for r in store.records(name) if r.state != "running"]
+    finally:
+        store.storage.engine.dispose()

@@ -17,14 +17,16 @@ tunable's range widened from 0-10 to 0-100000 so that no run exhausts its 11 con
    instances' start dates), against ONE bare `ansible-playbook` run of the same trial playbook
    (playbooks/trial.yml) with the same inventory, limit, roles path and extra variables (the
    `knobflow` variable written as knobflow writes it), half of the bare runs before the DAG run and
-   half after, with the deployment up and idle. The cycle is split, from the store's timestamps,
-   the trial records' `timings` (ask_s, playbook_s, benchmark_task_s, tell_s; tell_s only in the
-   XCom record) and the task instances' queued and start/end dates, into: the playbook run; the
-   trial's record and tell; the task's wrap-up (from the tell to the task instance's end: best so
-   far, XCom, reporting the state); the scheduler queueing the next task instance; the executor
-   starting it; the task's start-up (from its start date until knobflow's run_trial begins: the
-   task process parsing the DAG file, the operator); and the next trial's ask (opening the study,
-   recovery check, stop rules, leases, the tuner, marking the trial started).
+   half after, with the deployment up and idle. The generated DAG starts one trial task instance
+   ahead of the running trial (the standby), which waits for the host; the cycle is split, from the
+   store's timestamps and the trial records' `timings` (place_s, ask_s, playbook_s,
+   benchmark_task_s, tell_s; tell_s only in the XCom record), into: the playbook run; the trial's
+   record and tell; the hand-over (from the tell until the next trial holds the host: the lease
+   released, the standby's next look); and the next trial's ask after placing. What the standby
+   overlaps with the running trial is reported beside it from the task instances' queued and
+   start/end dates and their logs: the next task instance's start-up (the task process parsing the
+   DAG file, the operator), the scheduler queueing it, the executor starting it, the trial task's
+   wrap-up.
 2. parallel (CeleryExecutor, Redis broker, two `airflow celery worker`s with 2 slots each): the
    experiment on a pool of two local hosts (`target.per_trial: one`, `parallel: 2` in the file), a
    benchmark that sleeps `--bench-sleep` s, `--par-trials` trials per DAG run, triggered with conf
@@ -430,6 +432,8 @@ def part_overhead(args: argparse.Namespace, mon: Monitor) -> dict[str, Any]:
                 "started": a["started"],
                 "finished": a["finished"],
                 "ask_s": a["timings"]["ask_s"],
+                "place_s": a["timings"]["place_s"],
+                "waited_for_host_s": a.get("waited_for_host_s", 0.0),
                 "playbook_s": a["timings"]["playbook_s"],
                 "benchmark_task_s": a["timings"]["benchmark_task_s"],
                 "tell_s": rec["timings"]["tell_s"],
@@ -440,20 +444,31 @@ def part_overhead(args: argparse.Namespace, mon: Monitor) -> dict[str, Any]:
     cycles = []
     for cur, nxt in itertools.pairwise(rows):
         queued = nxt["ti_queued"] if nxt["ti_queued"] is not None else nxt["ti_start"]
+        told = cur["finished"] + cur["tell_s"]
+        # when the next trial held its slot and host (wall clock), from its timings
+        placed = nxt["started"] - (nxt["ask_s"] - nxt["place_s"])
         c = {
             "from_trial": cur["number"],
             "cycle_s": nxt["started"] - cur["started"],
             "ti_cycle_s": nxt["ti_start"] - cur["ti_start"],
+            # the next trial's task instance had started before this one's ended: the standby
+            "pipelined": nxt["ti_start"] < cur["ti_end"],
             # the parts, which add up to cycle_s
             "playbook_s": cur["playbook_s"],
             "record_and_tell_s": (cur["finished"] - cur["started"] - cur["playbook_s"]) + cur["tell_s"],
-            "task_wrap_up_s": cur["ti_end"] - (cur["finished"] + cur["tell_s"]),
-            "scheduler_queues_next_s": queued - cur["ti_end"],
-            "executor_starts_next_s": nxt["ti_start"] - queued,
-            "task_start_up_s": (nxt["started"] - nxt["ask_s"]) - nxt["ti_start"],
-            "ask_s": nxt["ask_s"],
+            "hand_over_s": placed - told,
+            "ask_after_place_s": nxt["ask_s"] - nxt["place_s"],
             # inside the playbook run
             "benchmark_task_s": cur["benchmark_task_s"],
+            # the next trial task's start-up and wait, overlapped with this trial when pipelined
+            "next_started_before_trial_end_s": told - nxt["ti_start"],
+            "next_task_start_up_s": (nxt["started"] - nxt["ask_s"]) - nxt["ti_start"],
+            "next_waited_for_host_s": nxt["waited_for_host_s"],
+            # without the standby, the hand-over is this task's wrap-up, the scheduler, the executor,
+            # the next task's start-up and its ask before placing
+            "task_wrap_up_s": cur["ti_end"] - told,
+            "scheduler_queues_next_s": queued - cur["ti_end"],
+            "executor_starts_next_s": nxt["ti_start"] - queued,
         }
         log = nxt["log"]
         if {"first_line", "parse_done", "dag_file_parse_s"} <= log.keys():
@@ -465,14 +480,16 @@ def part_overhead(args: argparse.Namespace, mon: Monitor) -> dict[str, Any]:
             c["start_up_dag_file_parse_s"] = log["dag_file_parse_s"]
             c["start_up_after_parse_s"] = (nxt["started"] - nxt["ask_s"]) - log["parse_done"]
         cycles.append(c)
-    parts = [
-        "playbook_s",
-        "record_and_tell_s",
+    parts = ["playbook_s", "record_and_tell_s", "hand_over_s", "ask_after_place_s"]
+    others = [
+        "benchmark_task_s",
+        "next_started_before_trial_end_s",
+        "next_task_start_up_s",
+        "next_waited_for_host_s",
         "task_wrap_up_s",
         "scheduler_queues_next_s",
         "executor_starts_next_s",
-        "task_start_up_s",
-        "ask_s",
+        *START_UP,
     ]
     bare_all = bare_before + bare_after
     bare_s = spread(bare_all)
@@ -491,10 +508,9 @@ def part_overhead(args: argparse.Namespace, mon: Monitor) -> dict[str, Any]:
         "ratio_cycle_to_bare_range": [cycle_s["min"] / bare_s["median"], cycle_s["max"] / bare_s["median"]],
         "target_ratio": 2.0,
         "split_median_s": {
-            k: statistics.median(c[k] for c in cycles)
-            for k in [*parts, "benchmark_task_s", *START_UP]
-            if all(k in c for c in cycles)
+            k: statistics.median(c[k] for c in cycles) for k in [*parts, *others] if all(k in c for c in cycles)
         },
+        "pipelined_cycles": sum(c["pipelined"] for c in cycles),
         "playbook_s": spread([r["playbook_s"] for r in rows]),
         "run": {
             "wall_s": run_end - run_start,
@@ -681,11 +697,9 @@ def report_overhead(o: dict[str, Any]) -> list[str]:
     names = {
         "playbook_s": "the playbook run (ansible-runner; the benchmark itself sleeps 0 s)",
         "record_and_tell_s": "recording the trial and telling the tuner",
-        "task_wrap_up_s": "task wrap-up (best so far, XCom, the task's end reported)",
-        "scheduler_queues_next_s": "the scheduler queues the next trial task instance",
-        "executor_starts_next_s": "the LocalExecutor starts it (queued to start date)",
-        "task_start_up_s": "task start-up (the task process parses the DAG file; the operator)",
-        "ask_s": "the next trial's ask (study, recovery, stop rules, leases, tuner, mark started)",
+        "hand_over_s": "hand-over: from the tell to the next trial holding the host (its lease released, "
+        "the waiting standby task sees it)",
+        "ask_after_place_s": "the next trial after placing: recovery check, the tuner's ask, trial marked started",
     }
     lines = [
         f"### Per-trial overhead (LocalExecutor, {o['trials']} trials, benchmark sleeps 0 s)",
@@ -702,12 +716,32 @@ def report_overhead(o: dict[str, Any]) -> list[str]:
         f"means: cycle {o['cycle_s']['mean']:.2f} s, bare {o['bare_ansible_playbook_s']['mean']:.2f} s, "
         f"{o['cycle_s']['mean'] / o['bare_ansible_playbook_s']['mean']:.2f}x). "
         f"Whole DAG run: {r['wall_s']:.1f} s, {r['per_trial_s']:.2f} s per trial "
-        f"({r['ratio_per_trial_to_bare']:.2f} x bare) with the one-off prepare and finish.",
+        f"({r['ratio_per_trial_to_bare']:.2f} x bare) with the one-off prepare and finish. "
+        f"{o['pipelined_cycles']} of {len(o['cycles'])} cycles pipelined (the next trial's task instance "
+        "had started before the trial ended: the standby).",
         "",
         "| part of the cycle (medians) | s | share |",
         "|---|---|---|",
         *(f"| {names[k]} | {s[k]:.2f} | {100 * s[k] / cyc:.0f}% |" for k in names),
         f"| sum of the medians (the cycle's median: {cyc:.2f} s) | {sum(s[k] for k in names):.2f} | |",
+        "",
+    ]
+    hidden = {
+        "next_started_before_trial_end_s": "the next trial task instance started this long before the trial's tell",
+        "next_task_start_up_s": "its start-up, start date to knobflow's run_trial (the task process, the DAG "
+        "file's parse, the operator)",
+        "next_waited_for_host_s": "then it waited for the slot and host",
+        "task_wrap_up_s": "the trial's task wrap-up after the tell (best so far, XCom, the end reported)",
+        "scheduler_queues_next_s": "the scheduler queued the next task instance, from the previous one's end "
+        "(negative: before it)",
+        "executor_starts_next_s": "the LocalExecutor started it (queued to start date)",
+    }
+    lines += [
+        "Overlapped with the running trial (medians; they are in the cycle only when it is not pipelined):",
+        "",
+        "| | s |",
+        "|---|---|",
+        *(f"| {hidden[k]} | {s[k]:.2f} |" for k in hidden if k in s),
         "",
     ]
     sub = {
@@ -718,7 +752,7 @@ def report_overhead(o: dict[str, Any]) -> list[str]:
     }
     if all(k in s for k in sub):
         lines += [
-            "| task start-up, from the task logs (medians) | s |",
+            "| the task start-up, from the task logs (medians) | s |",
             "|---|---|",
             *(f"| {sub[k]} | {s[k]:.2f} |" for k in sub),
             "",

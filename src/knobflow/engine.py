@@ -209,37 +209,53 @@ def recover(exp: Experiment, store: Store, study: optuna.Study, *, held: list[st
     host a dead trial left): their dead trials are reverted under the caller's lease, before the
     caller's trial touches them.
 
-    A host that another live trial holds now is not reverted: that trial has applied its own
-    configuration over the dead one's, and its own revert or the experiment's finish puts it back.
+    One process recovers each dead trial. When a trial of this experiment holds the dead trial's
+    hosts now (it took them after the dead holder's lease went), or another process is reverting
+    them, the dead trial is left to that process: a trial placed on a host recovers the dead trials
+    there before it runs. A host held by anything else (another experiment's trial, a set-up or
+    finish) is not reverted: the holder has applied its own configuration, or is reverting it.
     """
     from knobflow.leases import host_key
 
     def revert(t: Any) -> str | None:
+        from knobflow.store import LeaveToOther
+
         notes = []
-        tag = t.user_attrs.get("run_tag")
-        if tag and (t.user_attrs.get("owner") or {}).get("host") == socket.gethostname():
-            # A killed process leaves its playbook run behind (ansible-runner's child ignores SIGHUP):
-            # stop it before anything else touches the hosts. Processes on remote hosts are out of reach.
-            killed = bridge.kill_tagged(tag)
-            if killed:
-                notes.append(f"stopped {killed} process{'es' if killed != 1 else ''} its playbook run left running")
         hosts = list(t.user_attrs.get("targets") or [])
-        if not hosts:
-            return "; ".join(notes) or None
         leases = _leases(store)
         ours = held is not None and set(hosts) <= set(held)  # the caller holds them: revert under its lease
-        token = (
-            None
-            if ours
-            else leases.try_acquire([host_key(h) for h in hosts], {"experiment": exp.name, "revert_of": t.number})
-        )
-        if token is None and not ours:
-            notes.append(
-                f"target {', '.join(hosts)} not reverted: another trial holds it now and has applied its own "
-                "configuration"
-            )
-            return "; ".join(notes)
+        token = None
+        if hosts and not ours:
+            keys = [host_key(h) for h in hosts]
+            token = leases.try_acquire(keys, {"experiment": exp.name, "revert_of": t.number})
+            if token is None and any(
+                lease.key in keys and lease.holder.get("experiment") == exp.name and "why" not in lease.holder
+                for lease in leases.held()
+            ):
+                # A trial of this experiment took the host since the dead one's lease went (it recovers
+                # the dead trial before it runs anything), or another process is reverting it now.
+                raise LeaveToOther
         try:
+            tag = t.user_attrs.get("run_tag")
+            if tag and (t.user_attrs.get("owner") or {}).get("host") == socket.gethostname():
+                # A killed process leaves its playbook run behind (ansible-runner's child ignores SIGHUP):
+                # stop it before anything else touches the hosts. Processes on remote hosts are out of reach.
+                killed = bridge.kill_tagged(tag)
+                if killed:
+                    notes.append(f"stopped {killed} process{'es' if killed != 1 else ''} its playbook run left running")
+            if not hosts:
+                return "; ".join(notes) or None
+            if token is None and not ours:
+                notes.append(
+                    f"target {', '.join(hosts)} not reverted: another process holds it now ("
+                    + ", ".join(
+                        f"experiment {lease.holder.get('experiment')}, {lease.holder.get('why', 'a trial')}"
+                        for lease in leases.held()
+                        if lease.key in {host_key(h) for h in hosts}
+                    )
+                    + ") and has applied its own configuration or reverts it"
+                )
+                return "; ".join(notes)
             log = trial_log_path(exp, t.number)
             result = _run_on_target(exp.for_hosts(",".join(hosts)), "revert.yml", _extravars(exp, -1, {}), log)
         finally:
@@ -659,6 +675,7 @@ def run_trial(
         on_line=on_line,
         cancel=cancel,
     )
+    t_placed = time.monotonic()
     leases = _leases(store)
     assert placement.token is not None
     try:
@@ -674,6 +691,7 @@ def run_trial(
                 placement,
                 parallel=parallel or exp.model.parallel,
                 t_start=t_start,
+                t_placed=t_placed,
                 run_id=run_id,
                 slot=slot,
                 note=note,
@@ -695,6 +713,7 @@ def _run_placed(
     *,
     parallel: int,
     t_start: float,
+    t_placed: float,
     run_id: str | None,
     slot: str | None,
     note: str | None,
@@ -779,6 +798,9 @@ def _run_placed(
     state = TrialState.COMPLETE if fail_reason is None else TrialState.FAIL
     bench_s = sum(v for k, v in result.task_times.items() if "benchmark" in k.lower())
     timings = {
+        # from the start of run_trial to holding a slot and a host (opening the study, recovery,
+        # stop rules, waiting for the host); ask_s runs on to the trial marked started
+        "place_s": t_placed - t_start,
         "ask_s": t_asked - t_start,
         "playbook_s": result.duration_s,
         "benchmark_task_s": bench_s,

@@ -81,6 +81,11 @@ def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": me.pid, "create_time": me.create_time()}
 
 
+class LeaveToOther(Exception):
+    """Raised by ``recover``'s ``on_stale``: another live process is recovering this trial (it holds
+    the trial's hosts), leave it to that one."""
+
+
 def _owner_alive(owner: dict[str, Any]) -> bool | None:
     """True/False when the owner ran on this host; None when we cannot tell (another host)."""
     if owner.get("host") != socket.gethostname():
@@ -321,7 +326,7 @@ class Store:
         is stale when it started more than ``grace_s`` seconds ago (longer than a trial may take).
         Interrupted trials count neither toward the budget nor toward ``max_failed``. ``on_stale`` runs
         first for each stale trial (the engine reverts its target there); what it returns is added
-        to the trial's reason.
+        to the trial's reason; when it raises :class:`LeaveToOther` the trial is left as it is.
         """
         recovered = []
         now = time.time()
@@ -337,7 +342,10 @@ class Store:
                 continue
             who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "an unknown process"
             reason = f"interrupted: the process running it ({who}) is gone"
-            extra = on_stale(t) if on_stale is not None else None
+            try:
+                extra = on_stale(t) if on_stale is not None else None
+            except LeaveToOther:
+                continue
             if extra:
                 reason = f"{reason}; {extra}"
             if not self.finish(

@@ -64,8 +64,10 @@ def test_a_killed_trial_task_and_the_promote_approval_under_a_real_scheduler(tmp
         os.kill(victim["pid"], signal.SIGKILL)
         run = stack.wait_run(f"knobflow_{KILL}", run_id, timeout=600)
         tis = {(t["task_id"], t["map_index"]): t for t in stack.tasks(f"knobflow_{KILL}", run_id)}
-        assert tis[("trial", 0)]["state"] == "failed", tis[("trial", 0)]
-        assert [tis[("trial", i)]["state"] for i in (1, 2)] == ["success", "success"]
+        # The killed trial's task instance failed (the first or the standby one, whichever took the
+        # host first); the other two ran trials.
+        trial_tis = [t for (task, _), t in tis.items() if task == "trial"]
+        assert sorted(t["state"] for t in trial_tis) == ["failed", "success", "success"], trial_tis
         assert tis[("finish", -1)]["state"] == "success" and run["state"] in ("success", "failed")
         store = _store(home)
         records = {r.number: r for r in store.records(KILL)}
@@ -74,7 +76,8 @@ def test_a_killed_trial_task_and_the_promote_approval_under_a_real_scheduler(tmp
         reason = killed.reason or ""
         assert f"pid {victim['pid']}" in reason and "is gone" in reason, reason
         assert "target localhost reverted" in reason, reason
-        # The next trial task recovered it and ran its configuration (the baseline) again.
+        # The next trial (the standby task waiting for the host) recovered it before running, and
+        # its configuration (the baseline) ran again.
         again = [r for r in records.values() if r.attrs.get("requeued_from") == killed.number]
         assert len(again) == 1 and again[0].params == killed.params and again[0].state == "complete"
         p = store.progress(store.load(KILL))

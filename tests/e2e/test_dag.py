@@ -17,10 +17,11 @@ def test_dagbag_loads_without_errors_and_has_the_trial_structure() -> None:
     dag = bag.dags["knobflow_sqlite-demo"]
     assert {t.task_id for t in dag.tasks} == {"prepare", "trial", "finish"}
     trial = dag.get_task("trial")
-    # One mapped task instance per trial, labelled with the trial number, one at a time.
+    # One mapped task instance per trial, labelled with the trial number, one trial at a time, and
+    # a second task instance started ahead: it waits for the running trial's host (standby).
     assert type(trial).__name__.endswith("MappedOperator")
     assert "knobflow_trial_label" in (trial.map_index_template or "")
-    assert trial.max_active_tis_per_dagrun == 1
+    assert trial.max_active_tis_per_dagrun == 2
     assert dag.get_task("prepare").downstream_task_ids == {"trial"}
     assert dag.get_task("finish").upstream_task_ids == {"trial"}
     assert dag.get_task("finish").trigger_rule == "all_done"

@@ -26,6 +26,50 @@ def _bag(folder: Path, monkeypatch: pytest.MonkeyPatch, experiments: list[Path] 
     return bag
 
 
+PARSE_FOR_A_TASK = (
+    "import json, sys\n"
+    "from airflow.dag_processing.dagbag import DagBag\n"
+    "from airflow.sdk.definitions.param import ParamsDict\n"
+    "bag = DagBag(dag_folder=sys.argv[1])\n"
+    "dag = bag.dags['knobflow_test-pool']\n"
+    "params = ParamsDict(dict(dag.params.items()))\n"
+    "params.update(json.loads(sys.argv[2]))\n"
+    "params.validate()\n"
+    "print(json.dumps({'dags': sorted(bag.dags), 'errors': bag.import_errors,\n"
+    "    'enums': sorted(n for n in dag.params if 'enum' in dag.params.get_param(n).schema),\n"
+    "    'inventory_read': 'ansible.inventory.manager' in sys.modules}))\n"
+)
+
+
+def test_a_task_process_parses_only_its_dag_and_skips_the_forms_choices(tmp_path: Path) -> None:
+    """Airflow parses the DAG file again in each task's process (every trial): there the file builds
+    only the task's DAG, and the form keeps its types and bounds but not the choices that cost time
+    (reading the inventory, checking every tuner); the run's values, checked by the full form when
+    the run was triggered, still validate."""
+    conf = {"parallel": 2, "hosts": "h2", "tuner": "tpe", "trials": 9}
+    env = {**os.environ, "KNOBFLOW_EXPERIMENTS": str(DATA / "experiments" / "pool.yaml")}
+    runs = {}
+    for who, extra in {
+        "dag-processor": {},
+        "task": {"_AIRFLOW_PARSING_CONTEXT_DAG_ID": "knobflow_test-pool", "_AIRFLOW_PARSING_CONTEXT_TASK_ID": "trial"},
+    }.items():
+        out = subprocess.run(
+            [sys.executable, "-c", PARSE_FOR_A_TASK, str(REPO / "dags"), json.dumps(conf)],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        runs[who] = json.loads(out.stdout.strip().splitlines()[-1])
+    full, task = runs["dag-processor"], runs["task"]
+    assert full["errors"] == task["errors"] == {}
+    assert {"knobflow_sqlite-demo", "knobflow_test-pool"} <= set(full["dags"])
+    assert [d for d in task["dags"] if d.startswith("knobflow_")] == ["knobflow_test-pool"]
+    assert full["enums"] == ["hosts", "tuner"] and full["inventory_read"]
+    assert task["enums"] == [] and not task["inventory_read"]
+
+
 def test_the_trigger_form_refuses_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
@@ -61,7 +105,8 @@ def test_the_trigger_form_refuses_bad_values(monkeypatch: pytest.MonkeyPatch) ->
     assert pool.params.get_param("parallel").schema["maximum"] == 2
     assert set(pool.params.get_param("hosts").schema["enum"]) >= {None, "pool", "h1", "h2"}
     # The generated DAG's trial tasks may run as many at once as the pool has hosts.
-    assert pool.get_task("trial").max_active_tis_per_dagrun == 2
+    # ... plus one standby trial task, started ahead and waiting for a host (its start-up overlaps).
+    assert pool.get_task("trial").max_active_tis_per_dagrun == 3
     # The dag-processor sends each DAG to the scheduler through a serialiser that refuses str
     # subclasses: the form's choices, read with Ansible (whose strings are its own tagged type), must
     # be plain str (dag.test() never takes this path; a real dag-processor dropped the DAG).

@@ -110,6 +110,21 @@ def _overlaps(spans: list[tuple[str, int, float, float | None]]) -> list[tuple]:
     return bad
 
 
+def _killed_mid_benchmark(path: Path, home: Path) -> tuple[str, int, int]:
+    """Start a trial process (slot run-1#0), SIGKILL it once its benchmark runs; (host, benchmark
+    pid, trial process pid)."""
+    proc = _trial_process(path, slot="run-1#0")
+    deadline = time.monotonic() + 180
+    while not _intervals(home):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the benchmark never started"
+        time.sleep(0.2)
+    [(host, bench_pid, _, _)] = _intervals(home)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return host, bench_pid, proc.pid
+
+
 def test_parallel_2_runs_two_trials_at_once_one_per_host(home: Path, exp_dir: Path) -> None:
     # Benchmarks long enough (8 s) to overlap although each trial's Ansible start-up takes its own time.
     path = _pool(exp_dir, **{"vars.bench_sleep": 8})
@@ -178,22 +193,13 @@ def test_a_killed_trial_is_failed_with_its_reason_its_host_reverted_and_run_agai
     """SIGKILL the process running a trial mid-benchmark; the next run (a retry of the same slot)
     fails it as interrupted, reverts its host, and runs its configuration again."""
     path = _pool(exp_dir, **{"vars.bench_sleep": 20})
-    proc = _trial_process(path, slot="run-1#0")
-    deadline = time.monotonic() + 180
-    while not _intervals(home):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the benchmark never started"
-        time.sleep(0.2)
-    [(host, bench_pid, _, _)] = _intervals(home)
-    layer_file = home / f"target-{host}.json"
-    assert layer_file.exists()  # the configuration was applied
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    host, bench_pid, pid = _killed_mid_benchmark(path, home)
+    assert (home / f"target-{host}.json").exists()  # the configuration was applied
     exp = spec.load(path)
     store = Store(exp.storage_url())
     held = engine._leases(store).held()  # still in the table, but their holder is dead
     assert {lease.key for lease in held} == {host_key(host), "slot:test-pool:0"}
-    assert {lease.holder["pid"] for lease in held} == {proc.pid}
+    assert {lease.holder["pid"] for lease in held} == {pid}
     retry = engine.run_trial(exp, engine.limits(exp), slot="run-1#0")  # the retried task
     [killed, *_] = store.records(exp.name)
     assert killed.state == "fail" and killed.interrupted
@@ -247,6 +253,45 @@ def test_a_trial_waiting_when_the_running_one_is_killed_cleans_up_before_it_runs
     assert start > killed_at and end is not None
     assert result["number"] == 1 and result["state"] == "complete"
     assert engine._leases(store).held() == []
+
+
+def test_a_dead_trial_is_recovered_once_by_the_trial_that_took_its_host(home: Path, exp_dir: Path) -> None:
+    """Two processes may find the same dead trial: the one holding its host (a trial placed there,
+    which recovers before it runs) does the revert; any other leaves the trial to it rather than
+    recording "not reverted" for a host that is about to be reverted."""
+    path = _pool(exp_dir, **{"vars.bench_sleep": 20})
+    host, _, _ = _killed_mid_benchmark(path, home)
+    exp = spec.load(path)
+    store, study = engine.open_study(exp)
+    leases = engine._leases(store)
+    # A trial of this experiment took the host (as place() does once the holder is dead).
+    token = leases.try_acquire([host_key(host)], {"experiment": exp.name})
+    assert token is not None
+    assert engine.recover(exp, store, study) == []  # another process: leaves it to the holder
+    [t] = store.records(exp.name)
+    assert t.state == "running"
+    assert engine.recover(exp, store, study, held=[host]) == [0]  # the holder
+    [t, _queued] = store.records(exp.name)
+    assert t.state == "fail" and "its playbook run left running" in (t.reason or "")
+    assert f"target {host} reverted" in (t.reason or "")
+    leases.release(token)
+
+
+def test_a_dead_trials_host_held_by_another_experiment_is_named_and_left_alone(home: Path, exp_dir: Path) -> None:
+    path = _pool(exp_dir, **{"vars.bench_sleep": 20})
+    host, _, _ = _killed_mid_benchmark(path, home)
+    exp = spec.load(path)
+    store, study = engine.open_study(exp)
+    leases = engine._leases(store)
+    token = leases.try_acquire([host_key(host)], {"experiment": "other-exp", "why": "finish"})
+    assert token is not None
+    assert engine.recover(exp, store, study) == [0]
+    [t, *_] = store.records(exp.name)
+    assert t.state == "fail" and t.interrupted
+    assert f"target {host} not reverted: another process holds it now (experiment other-exp, finish)" in (
+        t.reason or ""
+    )
+    leases.release(token)
 
 
 def test_hosts_held_elsewhere_make_a_trial_wait_then_give_up_naming_them(home: Path, exp_dir: Path) -> None:

@@ -131,11 +131,25 @@ def _tuner_choices(exp: Experiment) -> list[str]:
     return out
 
 
-def trigger_params(exp: Experiment) -> dict[str, Param]:
+def _parsing_for_a_task() -> bool:
+    """Whether Airflow parses the DAG file to run one of its tasks (not the dag-processor, not
+    ``dag.test()``)."""
+    from airflow.sdk import get_parsing_context
+
+    return get_parsing_context().task_id is not None
+
+
+def trigger_params(exp: Experiment, *, for_task: bool = False) -> dict[str, Param]:
     """The trigger form of an experiment's DAG: JSON-schema Params, so the form (and the REST API)
-    refuses a bad value before any task runs."""
+    refuses a bad value before any task runs.
+
+    ``for_task``: the DAG is parsed to run one task. The run's values were checked against the full
+    form when it was triggered (the api-server checks them against the dag-processor's DAG); the
+    task's process keeps the types and bounds, and skips the choices that cost time to compute
+    (reading the inventory, checking every tuner against the search space: a second per trial).
+    """
     m = exp.model
-    choices, n_hosts = _inventory_choices(exp)
+    choices, n_hosts = ([], 1024) if for_task else _inventory_choices(exp)
     max_parallel = max(m.parallel, n_hosts) if m.target.per_trial == "one" else 1
     hosts_schema: dict[str, Any] = {"enum": [None, *choices]} if choices else {"minLength": 1}
     if m.target.per_trial == "one":
@@ -162,7 +176,7 @@ def trigger_params(exp: Experiment) -> dict[str, Param]:
         "tuner": Param(
             None,
             type=["null", "string"],
-            enum=[None, *_tuner_choices(exp)],
+            **({} if for_task else {"enum": [None, *_tuner_choices(exp)]}),
             title="Tuner",
             description=f"The tuner for this run's trials (empty: the file's {m.tuner.name!r}).",
         ),
@@ -220,7 +234,7 @@ def build_dag(exp: Experiment) -> DAG:
         f"* target: `{m.target.hosts}` (per trial: {m.target.per_trial}); parallel {m.parallel}\n"
         f"* the best configuration is published as the Asset `{best_asset(m.name).uri}`\n"
     )
-    params = trigger_params(exp)
+    params = trigger_params(exp, for_task=_parsing_for_a_task())
     with DAG(
         dag_id=dag_id_for(m.name),
         description=(m.description or f"knobflow experiment {m.name}")[:200],

@@ -424,6 +424,7 @@ def knobflow_experiment(
     dry_run: bool | str = False,
     knobflow_conn_id: str | None = None,
     trial_retries: int = 0,
+    standby: int = 1,
     trial_kwargs: dict[str, Any] | None = None,
 ) -> TaskGroup:
     """A task group running one experiment: ``prepare`` >> ``trial`` (mapped) >> ``finish``.
@@ -432,8 +433,14 @@ def knobflow_experiment(
     :param group_id: the task group's id; its tasks are ``<group_id>.prepare``, ``.trial``, ``.finish``
         (``prepare``, ``trial``, ``finish`` with ``prefix_group_id=False``).
     :param experiment_name: the experiment's name, for the Asset (read from the file when None).
-    :param max_parallel: at most this many trial tasks of one DAG run at once (fixed when the DAG is
+    :param max_parallel: at most this many trials of one DAG run at once (fixed when the DAG is
         parsed); ``parallel`` (per run) bounds it further through knobflow's slot leases.
+    :param standby: trial tasks started ahead of the running ones (``max_active_tis_per_dagrun`` is
+        ``max_parallel + standby``). A standby task does its start-up (the task process, parsing the
+        DAG file, imports, opening the study) while the trials run, then waits for a slot and a
+        free host; the next trial starts within a second of one finishing instead of after the
+        scheduler, the executor and the start-up. It holds a worker slot while it waits; 0 turns
+        this off.
     :param trial_retries: Airflow retries of each trial task (a retry never reports a trial twice).
     :param trial_kwargs: more arguments of the trial tasks (``pool``, ``queue`` of a Celery worker,
         ``retry_delay``, ``execution_timeout``, ``post_execute``, ...).
@@ -459,7 +466,7 @@ def knobflow_experiment(
         trial = KnobflowTrialOperator.partial(
             task_id="trial",
             map_index_template=TRIAL_LABEL,
-            max_active_tis_per_dagrun=max_parallel,
+            max_active_tis_per_dagrun=max_parallel + max(0, standby),
             retries=trial_retries,
             note=note,
             **common,
