@@ -98,40 +98,62 @@ def test_a_killed_trial_task_and_the_promote_approval_under_a_real_scheduler(tmp
         target = home / f"noop-layer-{PROMOTE}-localhost.json"
         run_id = stack.trigger(dag, {})
 
-        def awaiting() -> dict | None:
-            ti = {t["task_id"]: t for t in stack.tasks(dag, run_id)}.get("approve")
-            return ti if ti and ti["state"] in ("awaiting_input", "deferred") else None
+        def wait_for_approval(run_id: str) -> None:
+            def awaiting() -> dict | None:
+                ti = {t["task_id"]: t for t in stack.tasks(dag, run_id)}.get("approve")
+                return ti if ti and ti["state"] in ("awaiting_input", "deferred") else None
 
-        wait_for("the approval step to wait for a person", awaiting, timeout=300)
-        # Answer only once the scheduler has taken in the end of the approval task's first part (the
-        # executor's event for the process that paused it). Airflow 3.3.2 has a race here: an answer
-        # that comes before that event resets the task to scheduled, then the late event marks it
-        # FAILED ("finished with state success, but the task instance's state attribute is queued").
-        # It happened under load in a CI run; a person answers seconds later at the earliest.
-        scheduler_log = stack.logs / "scheduler.log"
-        paused = f"task_id='approve', run_id='{run_id}'"
+            wait_for("the approval step to wait for a person", awaiting, timeout=300)
+            # Answer only once the scheduler has taken in the end of the approval task's first part
+            # (the executor's event for the process that paused it). Airflow 3.3.2 has a race here: an
+            # answer that comes before that event resets the task to scheduled, then the late event
+            # marks it FAILED ("finished with state success, but the task instance's state attribute
+            # is queued"). It happened under load in a CI run; a person answers seconds later at the
+            # earliest.
+            scheduler_log = stack.logs / "scheduler.log"
+            paused = f"task_id='approve', run_id='{run_id}'"
 
-        def pause_seen() -> bool:
-            return any(
-                "Received executor event with state success" in line and paused in line
-                for line in scheduler_log.read_text(errors="replace").splitlines()
+            def pause_seen() -> bool:
+                return any(
+                    "Received executor event with state success" in line and paused in line
+                    for line in scheduler_log.read_text(errors="replace").splitlines()
+                )
+
+            wait_for("the scheduler to take in the approval task's pause", pause_seen, timeout=120)
+            time.sleep(2)
+
+        def answer(run_id: str, option: str) -> None:
+            stack.api(
+                "PATCH",
+                f"/dags/{dag}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
+                json={"chosen_options": [option]},
             )
 
-        wait_for("the scheduler to take in the approval task's pause", pause_seen, timeout=120)
-        time.sleep(2)
+        wait_for_approval(run_id)
         states = {t["task_id"]: t["state"] for t in stack.tasks(dag, run_id)}
         assert states["promote"] in (None, "none", "scheduled") or states["promote"] is None, states
         assert not target.exists(), "the finish step reverted the target and nothing was applied before approval"
         detail = stack.api("GET", f"/dags/{dag}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
         assert "Promote the best configuration" in detail["subject"] and '"best"' in (detail.get("body") or "")
-        stack.api(
-            "PATCH",
-            f"/dags/{dag}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails",
-            json={"chosen_options": ["Approve"]},
-        )
+        answer(run_id, "Approve")
         assert stack.wait_run(dag, run_id, timeout=300)["state"] == "success"
         store = _store(home)
         best = max((r for r in store.records(PROMOTE) if r.state == "complete"), key=lambda r: r.value or 0)
         assert json.loads(target.read_text()) == best.params  # checked on the target
-        assert store.load(PROMOTE).user_attrs["promoted"][-1]["trial"] == best.number
+        promoted = store.load(PROMOTE).user_attrs["promoted"]
+        assert promoted[-1]["trial"] == best.number
+        store.storage.engine.dispose()
+
+        # 3. A Reject answer: promote is skipped and the target is left as the run's finish left it.
+        run_id = stack.trigger(dag, {})
+        wait_for_approval(run_id)
+        before = target.read_text() if target.exists() else None
+        answer(run_id, "Reject")
+        assert stack.wait_run(dag, run_id, timeout=300)["state"] == "success"
+        states = {t["task_id"]: t["state"] for t in stack.tasks(dag, run_id)}
+        assert (states["approve"], states["promote"]) == ("success", "skipped"), states
+        assert (target.read_text() if target.exists() else None) == before
+        store = _store(home)
+        assert store.load(PROMOTE).user_attrs["promoted"] == promoted  # nothing promoted
+
         store.storage.engine.dispose()
