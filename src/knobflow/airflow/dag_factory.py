@@ -152,6 +152,7 @@ def trigger_params(exp: Experiment, *, for_task: bool = False) -> dict[str, Para
     choices, n_hosts = ([], 1024) if for_task else _inventory_choices(exp)
     max_parallel = max(m.parallel, n_hosts) if m.target.per_trial == "one" else 1
     hosts_schema: dict[str, Any] = {"enum": [None, *choices]} if choices else {"minLength": 1}
+    tuner_schema: dict[str, Any] = {} if for_task else {"enum": [None, *_tuner_choices(exp)]}
     if m.target.per_trial == "one":
         parallel_text = f"(target.per_trial: one; at most {max_parallel}, the inventory's hosts)."
     else:
@@ -176,7 +177,7 @@ def trigger_params(exp: Experiment, *, for_task: bool = False) -> dict[str, Para
         "tuner": Param(
             None,
             type=["null", "string"],
-            **({} if for_task else {"enum": [None, *_tuner_choices(exp)]}),
+            **tuner_schema,
             title="Tuner",
             description=f"The tuner for this run's trials (empty: the file's {m.tuner.name!r}).",
         ),
