@@ -225,13 +225,13 @@ def recover(exp: Experiment, store: Store, study: optuna.Study, *, held: list[st
         leases = _leases(store)
         ours = held is not None and set(hosts) <= set(held)  # the caller holds them: revert under its lease
         token = None
+        holders: list[dict[str, Any]] = []
         if hosts and not ours:
             keys = [host_key(h) for h in hosts]
             token = leases.try_acquire(keys, {"experiment": exp.name, "revert_of": t.number})
-            if token is None and any(
-                lease.key in keys and lease.holder.get("experiment") == exp.name and "why" not in lease.holder
-                for lease in leases.held()
-            ):
+            if token is None:
+                holders = [lease.holder for lease in leases.live() if lease.key in keys]
+            if any(h.get("experiment") == exp.name and "why" not in h for h in holders):
                 # A trial of this experiment took the host since the dead one's lease went (it recovers
                 # the dead trial before it runs anything), or another process is reverting it now.
                 raise LeaveToOther
@@ -248,11 +248,7 @@ def recover(exp: Experiment, store: Store, study: optuna.Study, *, held: list[st
             if token is None and not ours:
                 notes.append(
                     f"target {', '.join(hosts)} not reverted: another process holds it now ("
-                    + ", ".join(
-                        f"experiment {lease.holder.get('experiment')}, {lease.holder.get('why', 'a trial')}"
-                        for lease in leases.held()
-                        if lease.key in {host_key(h) for h in hosts}
-                    )
+                    + ", ".join(f"experiment {h.get('experiment')}, {h.get('why', 'a trial')}" for h in holders)
                     + ") and has applied its own configuration or reverts it"
                 )
                 return "; ".join(notes)
@@ -546,9 +542,9 @@ def place(
     started = time.monotonic()
     said = False
     while True:
-        leases.free_dead()
+        current = leases.live()
         if one:
-            held = {lease.key for lease in leases.held()}
+            held = {lease.key for lease in current}
             slots = [slot_key(exp.name, i) for i in range(parallel) if slot_key(exp.name, i) not in held]
             free = [h for h in hosts if host_key(h) not in held]
             if slots and free:
@@ -567,12 +563,12 @@ def place(
             holders = sorted(
                 f"{lease.key.removeprefix('host:')} (experiment {lease.holder.get('experiment')}, "
                 f"{lease.holder.get('why', 'a trial')} for {now - lease.acquired:.0f} s)"
-                for lease in leases.held()
+                for lease in current
                 if lease.key.startswith("host:") and lease.key.removeprefix("host:") in hosts
             )
             if one and not slots:
                 mine = {slot_key(exp.name, i) for i in range(parallel)}
-                ages = sorted(f"{now - lease.acquired:.0f} s" for lease in leases.held() if lease.key in mine)
+                ages = sorted(f"{now - lease.acquired:.0f} s" for lease in current if lease.key in mine)
                 on_line(
                     f"waiting for a trial slot: all {parallel} of the experiment's (parallel {parallel}) are "
                     f"running trials (for {', '.join(ages) or '?'})"

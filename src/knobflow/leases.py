@@ -135,18 +135,27 @@ class Leases:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(_table).where(_table.c.token == token))
 
+    def _sweep(self) -> tuple[list[Lease], list[Lease]]:
+        """Read the table once; remove the leases of holders that are gone. (live, gone)."""
+        now = time.time()
+        live: list[Lease] = []
+        gone: list[Lease] = []
+        for lease in self.held():
+            alive = holder_alive(lease.holder, lease.heartbeat, stale_s=self.stale_s, now=now)
+            (live if alive else gone).append(lease)
+        if gone:
+            with self.engine.begin() as conn:
+                for lease in gone:
+                    conn.execute(sa.delete(_table).where(_table.c.key == lease.key, _table.c.token == lease.token))
+        return live, gone
+
     def free_dead(self) -> list[str]:
         """Remove the leases of holders that are gone; returns their keys."""
-        now = time.time()
-        gone = [
-            lease
-            for lease in self.held()
-            if not holder_alive(lease.holder, lease.heartbeat, stale_s=self.stale_s, now=now)
-        ]
-        with self.engine.begin() as conn:
-            for lease in gone:
-                conn.execute(sa.delete(_table).where(_table.c.key == lease.key, _table.c.token == lease.token))
-        return [lease.key for lease in gone]
+        return [lease.key for lease in self._sweep()[1]]
+
+    def live(self) -> list[Lease]:
+        """The leases whose holders may still be running (those of holders that are gone are removed)."""
+        return self._sweep()[0]
 
     @contextmanager
     def keep_alive(self, token: str, *, every_s: float = HEARTBEAT_S) -> Iterator[None]:

@@ -110,16 +110,22 @@ def _overlaps(spans: list[tuple[str, int, float, float | None]]) -> list[tuple]:
     return bad
 
 
-def _killed_mid_benchmark(path: Path, home: Path) -> tuple[str, int, int]:
-    """Start a trial process (slot run-1#0), SIGKILL it once its benchmark runs; (host, benchmark
-    pid, trial process pid)."""
-    proc = _trial_process(path, slot="run-1#0")
+def _benchmark_running(proc: subprocess.Popen[str], home: Path) -> tuple[str, int]:
+    """Wait until the trial process ``proc`` runs its benchmark, the first one logged; (host, benchmark pid)."""
     deadline = time.monotonic() + 180
     while not _intervals(home):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the benchmark never started"
         time.sleep(0.2)
     [(host, bench_pid, _, _)] = _intervals(home)
+    return host, bench_pid
+
+
+def _killed_mid_benchmark(path: Path, home: Path) -> tuple[str, int, int]:
+    """Start a trial process (slot run-1#0), SIGKILL it once its benchmark runs; (host, benchmark
+    pid, trial process pid)."""
+    proc = _trial_process(path, slot="run-1#0")
+    host, bench_pid = _benchmark_running(proc, home)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     return host, bench_pid, proc.pid
@@ -223,12 +229,7 @@ def test_a_trial_waiting_when_the_running_one_is_killed_cleans_up_before_it_runs
     failed with that reason before the new benchmark starts, never after."""
     path = _pool(exp_dir, **{"vars.bench_sleep": 30})
     first = _trial_process(path, overrides={"parallel": 1}, slot="run-1#0")
-    deadline = time.monotonic() + 180
-    while not _intervals(home):
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline, "the benchmark never started"
-        time.sleep(0.2)
-    [(host, bench_pid, _, _)] = _intervals(home)
+    host, bench_pid = _benchmark_running(first, home)
     waiting = _trial_process(path, overrides={"parallel": 1}, slot="run-1#1")
     time.sleep(8)  # past its start-up and recovery check: it is waiting for the slot now
     assert waiting.poll() is None
