@@ -573,6 +573,8 @@ def _check_run(stack: Any, dag_id: str, run_id: str, n: int, storage: str, paral
                 "waited_for_host_s": t.user_attrs.get("waited_for_host_s"),
                 "playbook_s": t.user_attrs["timings"]["playbook_s"],
                 "benchmark_task_s": t.user_attrs["timings"]["benchmark_task_s"],
+                "place_s": t.user_attrs["timings"]["place_s"],
+                "ask_s": t.user_attrs["timings"]["ask_s"],
                 "worker": t.user_attrs.get("owner", {}).get("host"),
             }
             for t in trials

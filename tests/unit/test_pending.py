@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from optuna.trial import TrialState
@@ -95,3 +97,19 @@ def test_without_running_trials_the_wrapper_changes_nothing(home: Path) -> None:
     a = registry.create("auto", seed=5).propose(study, space, _history(study), lambda p: None)
     b = pending_aware(registry.create("auto", seed=5)).propose(study, space, _history(study), lambda p: None)
     assert a is not None and b is not None and a.params == b.params
+
+
+def test_wrapping_a_tuner_does_not_import_auto_and_scipy() -> None:
+    # Each trial task runs in a fresh process: at parallel > 1 the wrapper is built on every trial,
+    # and importing auto's module (SciPy) there cost about a second between two trials on a host.
+    code = (
+        "import sys\n"
+        "import knobflow.engine\n"
+        "from knobflow.tuners import registry\n"
+        "from knobflow.tuners.pending import pending_aware\n"
+        "wrapped = pending_aware(registry.create('random', seed=1))\n"
+        "assert not wrapped.lie\n"
+        "print(sorted(m for m in ('scipy', 'knobflow.tuners.auto') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -15,6 +15,7 @@ the same expected-improvement maximum to every worker that asks while the first 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,7 @@ class PendingAware:
 
 def pending_aware(tuner: Tuner) -> Tuner:
     """``tuner`` wrapped for proposing while trials run."""
-    from knobflow.tuners.auto import AutoTuner
-
-    return PendingAware(inner=tuner, lie=isinstance(tuner, AutoTuner))
+    # Not imported here: auto's module imports SciPy, about a second in each trial task's process.
+    # A tuner can only be an AutoTuner once that module is loaded.
+    auto = sys.modules.get("knobflow.tuners.auto")
+    return PendingAware(inner=tuner, lie=auto is not None and isinstance(tuner, auto.AutoTuner))
