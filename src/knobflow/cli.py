@@ -237,6 +237,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+    if exp.model.runner == "client":
+        print(
+            f"knobflow run: clients of the tuning service run the trials of {exp.name} (runner: client): "
+            "create it there (`knobflow serve`, POST /api/v1/experiments) and let them ask and tell",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     home = _paths.knobflow_home()
     env = _airflow_env(home)
     os.environ.update(env)

@@ -268,6 +268,10 @@ def recover(exp: Experiment, store: Store, study: optuna.Study, *, held: list[st
 
 
 def prepare(exp: Experiment, lim: Limits) -> Plan:
+    if exp.model.runner == "client":
+        raise SetupFailed(
+            f"clients of the tuning service run the trials of {exp.name} (runner: client): knobflow does not run them"
+        )
     store, study = open_study(exp)
     recovered = recover(exp, store, study)
     p = store.progress(study)
@@ -294,7 +298,7 @@ def prepare(exp: Experiment, lim: Limits) -> Plan:
 
 def _extravars(exp: Experiment, number: int, params: dict[str, Any]) -> dict[str, Any]:
     m = exp.model
-    b = m.benchmark
+    b = exp.benchmark
     knobflow = {
         "experiment": exp.name,
         "trial": number,

@@ -200,7 +200,11 @@ class ExperimentModel(_Model):
     vars: dict[str, Any] = Field(default_factory=dict)
     tuner: TunerSpec = Field(default_factory=TunerSpec)
     budget: Budget
-    benchmark: Benchmark
+    # ansible: knobflow applies each trial's configuration and runs the benchmark (Airflow, `knobflow
+    # run`). client: clients of the tuning service run the trials (ask, run, tell): no benchmark,
+    # and layers need no roles.
+    runner: Literal["ansible", "client"] = "ansible"
+    benchmark: Benchmark | None = None
     target: Target = Field(default_factory=Target)
     storage: str | None = None
     parallel: Annotated[int, Field(ge=1)] = 1
@@ -325,8 +329,13 @@ class Experiment:
         paths = [*self.declared_roles_path(), *([own] if own.is_dir() else [])]
         return list(dict.fromkeys([*paths, _paths.roles_dir()]))
 
+    @property
+    def benchmark(self) -> Benchmark:
+        """The benchmark (its defaults for an experiment whose clients run the trials)."""
+        return self.model.benchmark or Benchmark()
+
     def benchmark_playbook(self) -> Path | None:
-        pb = self.model.benchmark.playbook
+        pb = self.benchmark.playbook
         return None if pb is None else (self.base_dir / pb).resolve()
 
     def storage_url(self) -> str:
@@ -362,7 +371,7 @@ class Experiment:
             merged.update(layer.vars)
         for step in [*self.model.setup, *self.model.teardown]:
             merged.update(step.vars)
-        merged.update(self.model.benchmark.vars)
+        merged.update(self.benchmark.vars)
         return merged
 
 
@@ -653,9 +662,12 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
         if not folder.is_dir():
             out.append(Problem(f"roles_path[{i}]", f"no such folder: {folder} (from {entry!r})"))
     roles_path = exp.roles_path()
+    client = m.runner == "client"
+    if client:
+        out.extend(_client_problems(m))
     used_layers = list(dict.fromkeys(t.layer for t in m.tunables))
     for layer in used_layers:
-        if layer not in m.layers:
+        if layer not in m.layers and not client:  # a client applies the values itself: any layer name
             first = next(i for i, t in enumerate(m.tunables) if t.layer == layer)
             if layer in LAYERS:
                 missing = f"layer {layer!r} has no role: add layers.{layer}.role (the role that applies it)"
@@ -683,8 +695,18 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
             elif step.role.count(".") < 2 and role_tasks_file(step.role, step.tasks_from, roles_path) is None:
                 out.append(Problem(f"{kind}[{i}].tasks_from", f"role {step.role!r} has no tasks/{step.tasks_from}.yml"))
 
-    b = m.benchmark
-    if (b.role is None) == (b.playbook is None):
+    b = exp.benchmark
+    if m.benchmark is None and not client:
+        out.append(
+            Problem(
+                "benchmark",
+                "required: the benchmark each trial runs (benchmark.role or benchmark.playbook); or runner: client "
+                "when clients of the tuning service run the trials",
+            )
+        )
+    elif client:
+        pass  # checked in _client_problems
+    elif (b.role is None) == (b.playbook is None):
         out.append(Problem("benchmark", "give exactly one of benchmark.role or benchmark.playbook"))
     elif b.role is not None and not _role_exists(b.role, roles_path):
         out.append(Problem("benchmark.role", f"no role {b.role!r} in {', '.join(map(str, roles_path))}"))
@@ -723,7 +745,7 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
         )
 
     if m.parallel > 1:
-        if m.target.per_trial != "one":
+        if m.target.per_trial != "one" and not client:
             out.append(
                 Problem(
                     "parallel",
@@ -765,6 +787,23 @@ def _semantic_problems(exp: Experiment, data: dict[str, Any]) -> list[Problem]:
                 out.append(Problem(f"{where}.{key}", f"also set in {owners[key]}; set each variable once"))
             else:
                 owners[key] = where
+    return out
+
+
+def _client_problems(m: ExperimentModel) -> list[Problem]:
+    """``runner: client``: clients of the tuning service run the trials; what only Ansible runs
+    (a benchmark, set-up and tear-down steps, promote, continuous rounds) has no place."""
+    why = "clients of the tuning service run the trials (runner: client)"
+    out = []
+    if m.benchmark is not None:
+        out.append(Problem("benchmark", f"{why}: knobflow runs no benchmark; remove benchmark"))
+    for kind, steps in (("setup", m.setup), ("teardown", m.teardown)):
+        if steps:
+            out.append(Problem(kind, f"{why}: knobflow runs no {kind} steps; remove {kind}"))
+    if m.promote is not None:
+        out.append(Problem("promote", f"{why}: knobflow applies no configuration; remove promote"))
+    if m.mode == "continuous":
+        out.append(Problem("mode", f"{why}: continuous rounds are run by knobflow (runner: ansible)"))
     return out
 
 

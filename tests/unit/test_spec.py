@@ -170,3 +170,37 @@ def test_setup_and_teardown_vars_are_extra_variables_checked_like_the_others(tmp
     with pytest.raises(spec.SpecError) as info:
         spec.load(f)
     assert [p.path for p in info.value.problems] == ["teardown[0].vars.pg_port"]
+
+
+CLIENT_RUN = """\
+name: client-run
+runner: client
+objective: {metric: rps, direction: maximize}
+tunables:
+  - {name: threads, layer: web_tier, type: int, low: 1, high: 64, default: 8}
+  - {name: gc, layer: runtime, type: categorical, choices: [G1, Parallel], default: G1}
+parallel: 3
+budget: {trials: 10}
+"""
+
+
+def test_a_client_run_experiment_needs_no_benchmark_roles_or_hosts(tmp_path: Path, home: Path) -> None:
+    from knobflow import engine
+    from knobflow.airflow.dag_factory import load_experiment_dags
+
+    exp = spec.parse(CLIENT_RUN)
+    assert exp.model.runner == "client" and exp.model.benchmark is None and exp.benchmark.repeats == 3
+    path = tmp_path / "client-run.yaml"
+    path.write_text(CLIENT_RUN)
+    # Neither `knobflow run` nor Airflow runs it; a generated DAG is not made for it.
+    proc = knobflow("run", str(path), home=home)
+    assert proc.returncode == 2 and "runner: client" in proc.stderr
+    dags, errors = load_experiment_dags([path])
+    assert dags == {} and errors == {}
+    with pytest.raises(engine.SetupFailed, match="runner: client"):
+        engine.prepare(exp, engine.limits(exp))
+    # Without runner: client, the benchmark is required and every layer needs its role.
+    with pytest.raises(spec.SpecError) as err:
+        spec.parse(CLIENT_RUN.replace("runner: client\n", ""))
+    paths = {p.path for p in err.value.problems}
+    assert {"benchmark", "tunables[0].layer"} <= paths

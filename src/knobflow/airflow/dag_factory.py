@@ -318,6 +318,8 @@ def load_experiment_dags(files: list[Path], *, only: str | None = None) -> tuple
         except spec.SpecError as exc:
             errors[str(f)] = str(exc)
             continue
+        if exp.model.runner == "client":  # clients of the tuning service run its trials: no DAG
+            continue
         dag_id = dag_id_for(exp.name)
         if dag_id in dags:
             errors[str(f)] = f"experiment name {exp.name!r} is used by another file too; skipped"
