@@ -1,5 +1,5 @@
-"""The ``knobflow`` command line: validate | run | round | resume | list | show | best | export | import |
-delete | kruize | select.
+"""The ``knobflow`` command line: validate | run | round | resume | list | show | best | export | report |
+import | delete | kruize | select | serve.
 
 ``run`` drives the experiment's Airflow DAG in-process with ``dag.test()`` on an embedded SQLite
 metadata database under ``$KNOBFLOW_HOME/airflow``; the tuning itself happens in
@@ -990,6 +990,53 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from knobflow import report
+    from knobflow.store import StoreError
+
+    name, store = _named_store(args)
+    if store is None:
+        return _no_store(args, "report", name)
+    try:
+        page = report.render_experiment(store, name)
+    except StoreError as exc:
+        print(f"knobflow report: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except report.ReportError as exc:
+        print(f"knobflow report: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    out = Path(args.output) if args.output else Path(f"{name}-report.html")
+    out.write_text(page, encoding="utf-8")
+    print(f"report of experiment {name} written to {out}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from knobflow.service.serve import ServeError, serve
+
+    try:
+        serve(
+            storage=_default_url(args),
+            host=args.host,
+            port=args.port,
+            token_file=args.token_file,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    except ServeError as exc:
+        print(f"knobflow serve: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # import
 
 
@@ -1417,6 +1464,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("report", help="write an experiment's page (best, plots, every trial) as one HTML file")
+    p.add_argument("name", help="experiment name, or its file")
+    p.add_argument("-o", "--output", help="file to write (default: NAME-report.html in the current folder)")
+    p.add_argument("--storage", help=storage_help)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("import", help="add measured configurations from a CSV or JSON file to an experiment")
     p.add_argument("file", help="CSV, JSON (a list of row objects) or JSON lines")
     p.add_argument("--into", required=True, metavar="EXPERIMENT.yaml", help="the experiment file")
@@ -1451,6 +1504,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-o", "--output", help="JSON file to write (default: standard output)")
     k.add_argument("--force", action="store_true", help="overwrite the output file")
     k.set_defaults(func=cmd_kruize_export)
+
+    p = sub.add_parser(
+        "serve",
+        help="run the tuning service: the Kruize HPO API and the native API (/api/v1) over the store",
+        description=(
+            "Serve the store's experiments over HTTP: the Kruize HPO contract on /experiment_trials and knobflow's "
+            "native API on /api/v1 (OpenAPI at /docs). Beyond loopback it needs a bearer token "
+            "(KNOBFLOW_SERVICE_TOKEN or --token-file), checked on every request."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8085, help="port (default 8085, Kruize HPO's)")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--token-file", help="a file whose first line is the bearer token (else KNOBFLOW_SERVICE_TOKEN)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("select", help="rank tunables by importance and write a reduced experiment file")
     p.add_argument("file", help="the experiment file")

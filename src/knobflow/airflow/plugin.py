@@ -131,8 +131,29 @@ def knobflow_trials(
     ]
 
 
+def _fastapi_apps() -> list[dict[str, Any]]:
+    from knobflow.service.airflow_mount import fastapi_app
+
+    return [fastapi_app()]
+
+
 class KnobflowPlugin(AirflowPlugin):
-    """Registers the ``knobflow`` macros (``{{ macros.knobflow.knobflow_best(...) }}``)."""
+    """Registers the ``knobflow`` macros (``{{ macros.knobflow.knobflow_best(...) }}``) and mounts
+    the tuning service (the Kruize HPO API, the native API and the experiments' pages) in the
+    api-server at ``/knobflow``, behind Airflow's authentication
+    (:mod:`knobflow.service.airflow_mount`)."""
 
     name = "knobflow"
     macros = [knobflow_best, knobflow_trials]
+    fastapi_apps = _fastapi_apps()
+    # A "knobflow" entry in the UI's Browse menu: the experiments' pages, in the Airflow UI's frame
+    # (the browser sends Airflow's JWT cookie with them, which the mounted service checks).
+    external_views = [
+        {
+            "name": "knobflow experiments",
+            "href": "/knobflow/ui",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "knobflow",
+        }
+    ]
