@@ -297,12 +297,16 @@ def test_connection_form_and_plugin_as_airflow_loads_them_with_the_shim_in_the_p
 
     assert out["behaviour"]["relabeling"]["schema"] == "Database"
     assert out["behaviour"]["placeholders"]["extra__knobflow__storage"] == "sqlite:////var/lib/knobflow/knobflow.db"
-    assert set(out["widgets"]) == {"extra__knobflow__storage"}
+    assert set(out["widgets"]) == {"extra__knobflow__storage", "extra__knobflow__service_url", "extra__knobflow__token"}
+    assert out["behaviour"]["placeholders"]["extra__knobflow__service_url"].startswith("https://")
     (meta,) = out["meta"]
     assert meta["hook_class_name"] == "knobflow.airflow.hooks.KnobflowHook"
     assert meta["standard_fields"]["url_schema"]["title"] == "Database"
     assert meta["standard_fields"]["host"]["title"] == "PostgreSQL host"
     assert meta["extra_fields"]["storage"]["schema"]["title"] == "Store URL"
+    assert meta["extra_fields"]["service_url"]["schema"]["title"] == "Service URL"
+    assert meta["extra_fields"]["token"]["schema"]["title"] == "Service token"
+    assert meta["extra_fields"]["token"]["schema"]["format"] == "password"  # a masked field in the form
 
 
 def test_with_eager_provider_discovery_the_plugin_still_loads_once(tmp_path: Path) -> None:

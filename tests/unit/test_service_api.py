@@ -250,3 +250,29 @@ def test_an_unknown_path_gets_kruizes_sentence_and_an_unknown_api_path_json(clie
     assert r.status_code == 404 and r.text == "Could not be find requested resource. Please check the URL!"
     r = client.get("/api/v1/nothing-here")
     assert r.status_code == 404 and r.json() == {"error": "no such path"}
+
+
+def test_the_airflow_mount_serves_the_store_its_settings_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from knobflow.service import airflow_mount
+
+    monkeypatch.setenv("KNOBFLOW_HOME", str(tmp_path))
+    monkeypatch.delenv("KNOBFLOW_SERVICE_STORAGE", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_KNOBFLOW_DEFAULT", raising=False)
+    default = f"sqlite:///{tmp_path / 'knobflow.db'}"
+    assert airflow_mount.storage_url() == default
+    store = f"sqlite:///{tmp_path / 'conn.db'}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KNOBFLOW_DEFAULT", json.dumps({"conn_type": "knobflow", "extra": {"storage": store}})
+    )
+    assert airflow_mount.storage_url() == store
+    monkeypatch.setenv("KNOBFLOW_SERVICE_STORAGE", "sqlite:////srv/k.db")
+    assert airflow_mount.storage_url() == "sqlite:////srv/k.db"
+    monkeypatch.delenv("KNOBFLOW_SERVICE_STORAGE")
+    remote = {"conn_type": "knobflow", "extra": {"service_url": "https://tuner:8085", "token": "t" * 20}}
+    monkeypatch.setenv("AIRFLOW_CONN_KNOBFLOW_DEFAULT", json.dumps(remote))
+    capfd.readouterr()
+    assert airflow_mount.storage_url() == default
+    said = "".join(capfd.readouterr())  # a warning, through Airflow's logging (structlog, to stderr)
+    assert "connection knobflow_default" in said and "names a remote knobflow service" in said

@@ -23,14 +23,30 @@ INTEGRATION = "knobflow"
 CONN_TYPE = "knobflow"
 
 # The connection names a knobflow store: either extra ``storage`` (any SQLAlchemy URL), or a
-# PostgreSQL database in the standard fields.
+# PostgreSQL database in the standard fields. Or it names a remote knobflow service: extra
+# ``service_url`` and ``token`` (a password field: the form masks it), the standard fields empty.
+# See knobflow.airflow.hooks.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
     "storage": {
         "label": "Store URL",
         "description": "SQLAlchemy URL of the knobflow store, for example sqlite:////var/lib/knobflow/knobflow.db "
         "or postgresql+psycopg://user:password@host:5432/knobflow. Leave empty to use the PostgreSQL "
-        "database named by Host, Port, Login, Password and Database.",
+        "database named by Host, Port, Login, Password and Database, or for a Service URL.",
         "schema": {"type": ["string", "null"]},
+    },
+    "service_url": {
+        "label": "Service URL",
+        "description": "Instead of a store: the URL of a remote knobflow service (knobflow serve, or "
+        "https://airflow.example/knobflow in an Airflow api-server), for your own tasks that use "
+        "KnobflowHook.get_client(). Leave Store URL and the PostgreSQL fields empty then. The generated "
+        "DAGs, operators and macros need a store.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "token": {
+        "label": "Service token",
+        "description": "The bearer token of the knobflow service named by Service URL (knobflow serve --token, "
+        "or an Airflow JWT for the service mounted in Airflow). Empty for a service without authentication.",
+        "schema": {"type": ["string", "null"], "format": "password"},
     },
 }
 
@@ -43,11 +59,12 @@ UI_RELABELING: dict[str, str] = {
     "schema": "Database",
 }
 UI_PLACEHOLDERS: dict[str, str] = {
-    "host": "127.0.0.1 (empty when Store URL is set)",
+    "host": "127.0.0.1 (empty when Store URL or Service URL is set)",
     "port": "5432",
     "login": "knobflow",
     "schema": "knobflow",
     "storage": "sqlite:////var/lib/knobflow/knobflow.db",
+    "service_url": "https://tuning.example:8085 (instead of a store)",
 }
 
 

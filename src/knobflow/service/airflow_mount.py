@@ -14,6 +14,7 @@ The store is ``KNOBFLOW_SERVICE_STORAGE``, else the ``knobflow_default`` connect
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastapi import Request
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/knobflow"
 DEFAULT_CONN_ID = "knobflow_default"
@@ -49,14 +52,22 @@ def storage_url() -> str:
     url = os.environ.get("KNOBFLOW_SERVICE_STORAGE")
     if url:
         return url
+    from knobflow import _paths
+
+    default = f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
     try:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
         from knobflow.airflow.hooks import KnobflowHook
-
+    except ImportError:
+        return default
+    try:
         return str(KnobflowHook(DEFAULT_CONN_ID).get_storage_url())
-    except Exception:
-        from knobflow import _paths
-
-        return f"sqlite:///{_paths.knobflow_home() / 'knobflow.db'}"
+    except AirflowNotFoundException:  # no such connection: the default store
+        return default
+    except Exception as exc:  # a connection that names no store (a remote service, a broken one): say so
+        log.warning("the knobflow service in Airflow serves %s: connection %s: %s", default, DEFAULT_CONN_ID, exc)
+        return default
 
 
 class LazyApp:
