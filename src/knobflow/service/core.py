@@ -17,6 +17,7 @@ queued trial, and two asks at once could take each other's proposal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import math
@@ -169,15 +170,7 @@ class Service:
             "tuner": exp.model.tuner.name,
             "objectives": s.objectives,
             "budget": {"trials": exp.model.budget.trials, "max_failed": exp.model.budget.max_failed},
-            "progress": {
-                "done": p.done,
-                "completed": p.completed,
-                "failed": p.failed,
-                "running": p.running,
-                "waiting": p.waiting,
-                "imported": p.imported,
-                "warm_start": p.warm_start,
-            },
+            "progress": dataclasses.asdict(p),
             "stop_reason": s.stop_reason,
             "best": None if s.best is None else {**trial_dict(s.best), "value": s.best_value},
             "baseline": None if s.baseline is None else trial_dict(s.baseline),
