@@ -149,6 +149,9 @@ def test_yaml_body_and_the_errors_name_the_field(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"].startswith("body: not valid JSON")
     r = client.post("/api/v1/experiments", json=[1, 2])
     assert r.status_code == 400 and "must be an object" in r.json()["error"]
+    ansible = {k: v for k, v in EXPERIMENT.items() if k != "runner"} | {"name": "x3"}
+    r = client.post("/api/v1/experiments", json=ansible | {"benchmark": {"role": "bench_command"}})
+    assert r.status_code == 400 and r.json()["error"].startswith("runner:"), r.text
     r = client.post("/api/v1/experiments", json={**EXPERIMENT, "name": "x2", "storage": "sqlite:////tmp/x.db"})
     assert r.status_code == 400 and r.json()["error"].startswith("storage:")
     assert client.get("/api/v1/experiments/nope").status_code == 404

@@ -141,6 +141,12 @@ class Service:
             text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
         if isinstance(data, dict) and data.get("storage") is not None:
             raise ServiceError(400, "storage: the service keeps experiments in its own store; remove the field")
+        if isinstance(data, dict) and data.get("runner", "ansible") != "client":
+            raise ServiceError(
+                400,
+                "runner: the service creates experiments whose trials its clients run (runner: client); "
+                "an experiment knobflow runs itself is created by running its file (knobflow run, or its Airflow DAG)",
+            )
         try:
             exp = spec.parse(text, source=source, base_dir=Path.cwd())
         except spec.SpecError as exc:
