@@ -18,26 +18,13 @@ import pytest
 
 from tests.airflow_stack import free_port, pg_url, postgres_database
 from tests.conftest import BIN, REPO
+from tests.unit.test_service_kruize import SPACE
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "test-token-" + "x" * 24
-SEARCH_SPACE: dict[str, Any] = {
-    "experiment_name": "petclinic-jvm-tuning",
-    "experiment_id": "a123",
-    "total_trials": 10,
-    "parallel_trials": 1,
-    "value_type": "double",
-    "hpo_algo_impl": "optuna_tpe",
-    "objective_function": "transaction_response_time",
-    "direction": "minimize",
-    "tunables": [
-        {"name": "memoryRequest", "value_type": "double", "lower_bound": 270, "upper_bound": 1024, "step": 1},
-        {"name": "cpuRequest", "value_type": "double", "lower_bound": 1.0, "upper_bound": 3.0, "step": 0.01},
-        {"name": "MaxInlineLevel", "value_type": "integer", "lower_bound": 9, "upper_bound": 50, "step": 1},
-        {"name": "gc", "value_type": "categorical", "choices": ["G1GC", "ParallelGC", "SerialGC"]},
-    ],
-}
+# The contract's example search space (as the Kruize tests use it), with a budget of 10 trials.
+SEARCH_SPACE: dict[str, Any] = {**SPACE, "total_trials": 10}
 
 
 @contextmanager
