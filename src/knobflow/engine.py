@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from knobflow import _paths, progress, results, spec
 from knobflow.ansible import bridge
@@ -155,14 +155,23 @@ def _stop_reason(done: int, failed: int, lim: Limits) -> str | None:
     return None
 
 
-def stop_reason(exp: Experiment, store: Store, study: optuna.Study, lim: Limits, *, running: int = 0) -> str | None:
-    """Why no further trial may start: trials, failures, time limit, target reached, patience."""
-    p = store.progress(study)
+def stop_reason(
+    exp: Experiment,
+    store: Store,
+    study: optuna.Study,
+    lim: Limits,
+    *,
+    running: int = 0,
+    trials: list[FrozenTrial] | None = None,
+) -> str | None:
+    """Why no further trial may start: trials, failures, time limit, target reached, patience.
+    ``trials``: the study's trials, when the caller has listed them already."""
+    trials = store.trials(study) if trials is None else trials
+    p = store.progress(study, trials)
     reason = _stop_reason(p.done + running, p.failed, lim)
     if reason:
         return reason
     b = exp.model.budget
-    trials = store.trials(study)
     limit_s = b.time_limit_s()
     if limit_s is not None:
         busy = results.busy_seconds(trials)
@@ -382,8 +391,10 @@ def _best(exp: Experiment, study: optuna.Study, store: Store) -> tuple[float | N
     return (None, None) if top is None else (top.value, top.record.number)
 
 
-def _baseline_metrics(store: Store, study: optuna.Study) -> dict[str, Any] | None:
-    for t in store.trials(study):
+def _baseline_metrics(
+    store: Store, study: optuna.Study, trials: list[FrozenTrial] | None = None
+) -> dict[str, Any] | None:
+    for t in store.trials(study) if trials is None else trials:
         if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE:
             return dict(t.user_attrs.get("metrics") or {})
     return None
@@ -844,12 +855,16 @@ def _run_placed(
     return out
 
 
-def summarize(exp: Experiment, lim: Limits | None = None) -> Summary:
-    store, study = open_study(exp)
+def summarize(
+    exp: Experiment, lim: Limits | None = None, *, opened: tuple[Store, optuna.Study] | None = None
+) -> Summary:
+    """The experiment's outcome so far. ``opened``: its store and study, when the caller has them
+    (the tuning service), instead of opening the store again."""
+    store, study = opened or open_study(exp)
     lim = lim or limits(exp)
-    trials = store.trials(study)
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
     records = [TrialRecord.from_frozen(t) for t in trials]
-    p = store.progress(study)
+    p = store.progress(study, trials)
     objectives = exp.objectives()
     baseline = next((r for r in records if r.baseline and r.state == "complete" and r.values), None)
     best: TrialRecord | None = None
@@ -878,7 +893,7 @@ def summarize(exp: Experiment, lim: Limits | None = None) -> Summary:
         metric=objectives.labels[0],
         direction=objectives.directions[0],
         # A set-up that failed in this run stopped it before any trial: say so first.
-        stop_reason=study.user_attrs.get("setup_error") or stop_reason(exp, store, study, lim),
+        stop_reason=study.user_attrs.get("setup_error") or stop_reason(exp, store, study, lim, trials=trials),
         finish_action=exp.model.finish,
         best_value=best_value,
         best_measurements=measurements,

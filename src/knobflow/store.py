@@ -288,8 +288,9 @@ class Store:
     def trials(self, study: optuna.Study) -> list[FrozenTrial]:
         return self.storage.get_all_trials(study._study_id, deepcopy=False)
 
-    def progress(self, study: optuna.Study) -> Progress:
-        ts = self.trials(study)
+    def progress(self, study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Progress:
+        """The experiment's :class:`Progress`, from ``trials`` when the caller has listed them already."""
+        ts = self.trials(study) if trials is None else trials
         counted = [t for t in ts if counts_toward_budget(t)]
         return Progress(
             done=len(counted),
@@ -373,19 +374,39 @@ class Store:
         value: float | list[float] | None,
         attrs: dict[str, Any],
         constraints: list[float] | None = None,
+        frozen: FrozenTrial | None = None,
     ) -> bool:
-        """Record a trial's outcome. Returns False (and changes nothing) if it was already finished."""
-        frozen = study._storage.get_trial(
-            study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        )
+        """Record a trial's outcome. Returns False (and changes nothing) if it was already finished.
+
+        ``frozen``: the trial as the caller has just read it (the tuning service, which has checked
+        it and validated ``value``): the outcome is then written straight to the storage, without
+        reading the trial again through ``study.tell`` (which only adds the study sampler's
+        ``after_trial``: knobflow's tuners propose in a copy of the study, never through its sampler).
+        """
+        if frozen is None:
+            frozen = study._storage.get_trial(
+                study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            )
+            direct = False
+        else:
+            direct = True
         if frozen.state in FINISHED:
             return False
-        for k, v in attrs.items():
-            study._storage.set_trial_user_attr(frozen._trial_id, k, v)
-        if constraints:
-            # Optuna's samplers that model constraints (TPE, NSGA-II, GP) read them from here.
-            study._storage.set_trial_system_attr(frozen._trial_id, "constraints", list(constraints))
-        tell(study, number, state, value)
+        try:
+            for k, v in attrs.items():
+                study._storage.set_trial_user_attr(frozen._trial_id, k, v)
+            if constraints:
+                # Optuna's samplers that model constraints (TPE, NSGA-II, GP) read them from here.
+                study._storage.set_trial_system_attr(frozen._trial_id, "constraints", list(constraints))
+            if not direct:
+                tell(study, number, state, value)
+                return True
+            values = None if state != TrialState.COMPLETE or value is None else value
+            if isinstance(values, int | float):
+                values = [float(values)]
+            study._storage.set_trial_state_values(frozen._trial_id, state, values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another process finished it since it was read
         return True
 
     def records(self, name: str) -> list[TrialRecord]:

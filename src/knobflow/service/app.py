@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from knobflow import __version__
 from knobflow.service.core import Service, ServiceError
@@ -52,6 +53,28 @@ def bearer_token(token: str) -> Callable[[Request], None]:
 Auth = Callable[[Request], None] | Callable[[Request], Awaitable[None]]
 
 
+class Authenticate:
+    """ASGI middleware: every HTTP request passes ``check`` before anything else sees it, or is
+    answered 401. Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs each request
+    through an extra task and re-streams its response."""
+
+    def __init__(self, app: ASGIApp, check: Auth):
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                done = self.check(Request(scope))
+                if inspect.isawaitable(done):
+                    await done
+            except Unauthorized as exc:
+                response = JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     storage_url: str,
     *,
@@ -73,17 +96,7 @@ def create_app(
     app.state.service = service
 
     if auth is not None:
-        check = auth
-
-        @app.middleware("http")
-        async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            try:
-                done = check(request)
-                if inspect.isawaitable(done):
-                    await done
-            except Unauthorized as exc:
-                return JSONResponse({"error": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-            return await call_next(request)
+        app.add_middleware(Authenticate, check=auth)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

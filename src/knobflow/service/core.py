@@ -17,12 +17,15 @@ queued trial, and two asks at once could take each other's proposal.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import datetime
 import fcntl
 import hashlib
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +33,12 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from knobflow import engine, spec
+from knobflow.objective import Objectives
+from knobflow.space import Space
 from knobflow.store import FINISHED, Store, StoreError, TrialRecord, is_archive
 from knobflow.tuners import base as tuners_base
 from knobflow.tuners import registry
@@ -50,6 +56,9 @@ class ServiceError(Exception):
 def not_found(name: str) -> ServiceError:
     return ServiceError(404, f"no experiment named {name!r}")
 
+
+# A study's sampler is only used when Optuna's ask takes a queued trial, whose parameters are fixed.
+_UNUSED_SAMPLER = optuna.samplers.RandomSampler()
 
 STATES = {"complete": TrialState.COMPLETE, "fail": TrialState.FAIL, "pruned": TrialState.PRUNED}
 
@@ -85,14 +94,40 @@ def trial_dict(t: FrozenTrial | TrialRecord) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the service derives from an experiment's stored file, once per process: parsing and
+    validating it, building its space and objectives cost more than the rest of an ask."""
+
+    exp: spec.Experiment
+    space: Space
+    objectives: Objectives
+    limits: engine.Limits
+
+
 @dataclass
 class Service:
-    """The service's view of one store."""
+    """The service's view of one store.
+
+    Trials are read through one Optuna ``_CachedStorage`` per service (per process): a finished
+    trial cannot change, so each listing reads from the database only the trials that are new or
+    still unfinished, as a long-lived Optuna client does. Experiments' parsed files are kept by
+    study id (a study's file never changes; an archived or deleted experiment's name then resolves
+    to another study, or to none); the ``known_limit`` most recently used experiments are kept,
+    with their trials, and the others forgotten.
+
+    One case the cache cannot see: SQLite may give a new study the id of the study deleted last,
+    so after ``knobflow delete --purge`` of the newest experiment, restart a service that served
+    it before creating another (PostgreSQL never reuses an id; archiving never frees one).
+    """
 
     storage_url: str
+    known_limit: int = 512  # parsed experiment files kept per process
 
     def __post_init__(self) -> None:
         self._store: Store | None = None
+        self._cached: Any = None
+        self._known: OrderedDict[int, _Known] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -105,23 +140,65 @@ class Service:
                     self._store = Store(self.storage_url)
         return self._store
 
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        """The store's storage behind Optuna's cache of finished trials (shared by every request)."""
+        if self._cached is None:
+            store = self.store
+            with self._locks_guard:
+                if self._cached is None:
+                    self._cached = optuna.storages.get_storage(store.storage)
+        return self._cached
+
     # Experiments ---------------------------------------------------------------------------
     def names(self) -> list[str]:
         return [n for n in self.store.names() if not is_archive(n)]
 
     def _study(self, name: str) -> optuna.Study:
-        if not isinstance(name, str) or is_archive(name) or not self.store.exists(name):
+        if not isinstance(name, str) or is_archive(name):
             raise not_found(name)
-        return optuna.load_study(study_name=name, storage=self.store.storage)
+        try:
+            # The default sampler is never used: knobflow's tuners propose in a copy of the study.
+            return optuna.Study(study_name=name, storage=self.storage, sampler=_UNUSED_SAMPLER)
+        except KeyError:
+            raise not_found(name) from None
+
+    def _history(self, study: optuna.Study) -> list[FrozenTrial]:
+        """The study's trials, in number order (shared objects of the cache: not to be changed)."""
+        return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+    def _open(self, name: str) -> tuple[optuna.Study, _Known]:
+        """The experiment's study and its parsed file."""
+        study = self._study(name)
+        with self._locks_guard:
+            known = self._known.get(study._study_id)
+            if known is not None:
+                self._known.move_to_end(study._study_id)
+        if known is None:
+            raw = study.user_attrs.get("spec")
+            if not isinstance(raw, dict):
+                raise ServiceError(409, f"experiment {name!r} was created by an older knobflow: its file is not stored")
+            model = spec.ExperimentModel.model_validate({**raw, "storage": self.storage_url})
+            exp = spec.Experiment(model=model, path=None, base_dir=Path.cwd())
+            known = _Known(exp=exp, space=exp.space(), objectives=exp.objectives(), limits=engine.limits(exp))
+            with self._locks_guard:
+                self._known[study._study_id] = known
+                while len(self._known) > self.known_limit:
+                    self._forget(self._known.popitem(last=False)[0])
+        return study, known
+
+    def _forget(self, study_id: int) -> None:
+        """Drop a study's finished trials from the storage cache (which Optuna never shrinks), so
+        that the memory a long-running service holds follows the experiments it serves now."""
+        studies = getattr(self._cached, "_studies", None)
+        lock = getattr(self._cached, "_lock", None)
+        if isinstance(studies, dict) and lock is not None:
+            with lock:
+                studies.pop(study_id, None)
 
     def experiment(self, name: str) -> Experiment:
         """The experiment as it was created (its file, from the store), on this store."""
-        study = self._study(name)
-        raw = study.user_attrs.get("spec")
-        if not isinstance(raw, dict):
-            raise ServiceError(409, f"experiment {name!r} was created by an older knobflow: its file is not stored")
-        model = spec.ExperimentModel.model_validate({**raw, "storage": self.storage_url})
-        return spec.Experiment(model=model, path=None, base_dir=Path.cwd())
+        return self._open(name)[1].exp
 
     def create(self, document: dict[str, Any] | str, *, source: str = "request") -> spec.Experiment:
         """Create an experiment from an experiment file's content (a mapping, or YAML/JSON text).
@@ -165,10 +242,10 @@ class Service:
         return exp
 
     def summary(self, name: str) -> dict[str, Any]:
-        exp = self.experiment(name)
-        s = engine.summarize(exp)
-        study = self._study(name)
-        p = self.store.progress(study)
+        study, known = self._open(name)
+        exp = known.exp
+        s = engine.summarize(exp, known.limits, opened=(self.store, study))
+        p = self.store.progress(study, self._history(study))
         return {
             "name": exp.name,
             "description": exp.model.description,
@@ -194,7 +271,7 @@ class Service:
 
     # Trials ----------------------------------------------------------------------------------
     def trials(self, name: str) -> list[dict[str, Any]]:
-        return [trial_dict(t) for t in self.store.trials(self._study(name))]
+        return [trial_dict(t) for t in self._history(self._study(name))]
 
     def trial(self, name: str, number: int) -> dict[str, Any]:
         return trial_dict(self._frozen(self._study(name), number))
@@ -206,15 +283,15 @@ class Service:
             raise ServiceError(404, f"no trial {number} in experiment {study.study_name!r}") from None
         return study._storage.get_trial(trial_id)
 
-    def _client_experiment(self, name: str) -> spec.Experiment:
-        exp = self.experiment(name)
-        if exp.model.runner != "client":
+    def _client(self, name: str) -> tuple[optuna.Study, _Known]:
+        study, known = self._open(name)
+        if known.exp.model.runner != "client":
             raise ServiceError(
                 409,
-                f"experiment {name!r} is run by knobflow itself (runner: {exp.model.runner}: Airflow or "
+                f"experiment {name!r} is run by knobflow itself (runner: {known.exp.model.runner}: Airflow or "
                 "`knobflow run` apply and benchmark its trials); clients ask and tell only for runner: client",
             )
-        return exp
+        return study, known
 
     def ask(
         self, name: str, n: int = 1, *, note: str | None = None, max_running: int | None = None
@@ -227,22 +304,27 @@ class Service:
 
         Raises 409 with the stop rule's reason when no trial may start (budget spent, max_failed,
         time limit, target, patience, no configuration left).
+
+        A queued configuration (the baseline, imported or warm-start rows to measure again) is
+        taken first, as ``knobflow run`` takes it; otherwise the tuner proposes from the trials
+        listed once for this ask, and the trial is created with its parameters in one transaction.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ServiceError(400, f"n: must be a positive integer, got {n!r}")
-        exp = self._client_experiment(name)
+        study, known = self._client(name)
+        exp = known.exp
         out: list[dict[str, Any]] = []
         with self.ask_lock(name):
-            study = self._study(name)
-            self._expire(exp, study)
+            history = self._history(study)
+            if self._expire(exp, study, history):
+                history = self._history(study)
             if max_running is not None:
-                in_flight = [t for t in self.store.trials(study) if t.state == TrialState.RUNNING]
+                in_flight = [t for t in history if t.state == TrialState.RUNNING]
                 if len(in_flight) >= max_running:
-                    return [trial_dict(t) for t in sorted(in_flight, key=lambda t: t.number)[:n]]
-            lim = engine.limits(exp)
+                    return [trial_dict(t) for t in in_flight[:n]]
             for _ in range(n):
-                running = self.store.progress(study).running
-                reason = engine.stop_reason(exp, self.store, study, lim, running=running)
+                running = sum(t.state == TrialState.RUNNING for t in history)
+                reason = engine.stop_reason(exp, self.store, study, known.limits, running=running, trials=history)
                 if reason:
                     if not out:
                         raise ServiceError(409, reason)
@@ -258,31 +340,79 @@ class Service:
 
                     tuner = pending_aware(tuner)
                 try:
-                    trial = tuners_base.ask(
-                        tuner,
-                        study,
-                        exp.space(),
-                        seed=exp.model.tuner.seed,
-                        repeat_duplicates=exp.model.noise.repeat_duplicates,
-                    )
+                    if any(t.state == TrialState.WAITING for t in history):
+                        trial_id = self._take_queued(tuner, study, known, note)
+                    else:
+                        proposal = tuners_base.propose_checked(
+                            tuner,
+                            study,
+                            known.space,
+                            history,
+                            seed=exp.model.tuner.seed,
+                            repeat_duplicates=exp.model.noise.repeat_duplicates,
+                        )
+                        trial_id = self._start(study, known.space, proposal, tuner.name, note)
                 except tuners_base.SpaceExhausted as exc:
                     if not out:
                         raise ServiceError(409, f"stopped: {exc}") from None
                     break
-                trial.set_user_attr("started", time.time())
-                if note:
-                    trial.set_user_attr("note", note)
-                out.append(trial_dict(self._frozen(study, trial.number)))
+                history = self._history(study)  # reads the new trial (and the others still running)
+                out.append(trial_dict(next(t for t in reversed(history) if t._trial_id == trial_id)))
         return out
 
-    def _expire(self, exp: spec.Experiment, study: optuna.Study) -> None:
+    def _take_queued(self, tuner: Any, study: optuna.Study, known: _Known, note: str | None) -> int:
+        """Start the oldest queued trial (Optuna's ask takes it; its parameters are fixed); its id."""
+        exp = known.exp
+        trial = tuners_base.ask(
+            tuner, study, known.space, seed=exp.model.tuner.seed, repeat_duplicates=exp.model.noise.repeat_duplicates
+        )
+        trial.set_user_attr("started", time.time())
+        if note:
+            trial.set_user_attr("note", note)
+        return trial._trial_id
+
+    def _start(
+        self, study: optuna.Study, space: Space, proposal: tuners_base.Proposal, tuner: str, note: str | None
+    ) -> int:
+        """Create a running trial with the proposal's parameters and attributes in one transaction
+        (what enqueueing it and asking for it leaves in the store, without the round trips); its id."""
+        params: dict[str, Any] = {}
+        distributions: dict[str, BaseDistribution] = {}
+
+        def take(param: str, dist: BaseDistribution) -> Any:
+            params[param] = proposal.params[param]
+            distributions[param] = dist
+            return proposal.params[param]
+
+        space.suggest(take)  # the active tunables, with their distributions, as a trial records them
+        user_attrs: dict[str, Any] = {"proposed_by": proposal.source or tuner, "started": time.time()}
+        if note:
+            user_attrs["note"] = note
+        template = FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.datetime.now(),
+            datetime_complete=None,
+            params=params,
+            distributions=distributions,
+            user_attrs=user_attrs,
+            system_attrs=dict(proposal.system_attrs),
+            intermediate_values={},
+            trial_id=-1,
+        )
+        return study._storage.create_new_trial(study._study_id, template_trial=template)
+
+    def _expire(self, exp: spec.Experiment, study: optuna.Study, history: list[FrozenTrial]) -> bool:
         """Fail the trials a client asked for and never told within ``budget.trial_timeout``: the
-        client is gone. They count toward neither the budget nor ``max_failed``."""
+        client is gone. They count toward neither the budget nor ``max_failed``. Whether any was."""
         limit = exp.model.budget.trial_timeout
         now = time.time()
-        for t in self.store.trials(study):
+        expired = False
+        for t in history:
             started = t.user_attrs.get("started")
             if t.state == TrialState.RUNNING and isinstance(started, int | float) and now - started > limit:
+                expired = True
                 self.store.finish(
                     study,
                     t.number,
@@ -295,6 +425,7 @@ class Service:
                         ),
                     },
                 )
+        return expired
 
     def tell(
         self,
@@ -322,16 +453,18 @@ class Service:
             raise ServiceError(400, f"metrics: must be an object of metric names to numbers, got {metrics!r}")
         if reason is not None and not isinstance(reason, str):
             raise ServiceError(400, f"reason: must be a string, got {reason!r}")
-        exp = self._client_experiment(name)
-        study = self._study(name)
+        study, known = self._client(name)
+        exp = known.exp
         frozen = self._frozen(study, number)
         if frozen.state in FINISHED:
             raise ServiceError(409, f"trial {number} of {name!r} is already finished ({frozen.state.name.lower()})")
         if frozen.state != TrialState.RUNNING:
             raise ServiceError(409, f"trial {number} of {name!r} has not been asked for")
-        objectives = exp.objectives()
+        objectives = known.objectives
         n_obj = len(objectives.objectives)
-        attrs: dict[str, Any] = {"finished": time.time(), "metrics": dict(metrics or {})}
+        attrs: dict[str, Any] = {"finished": time.time()}
+        if metrics:  # none: readers take a missing "metrics" as {} (one write fewer)
+            attrs["metrics"] = dict(metrics)
         constraints: list[float] | None = None
         tell_value: float | list[float] | None = None
         if state == "complete":
@@ -347,7 +480,11 @@ class Service:
                     raise ServiceError(400, f"value: the experiment has {n_obj} objectives; send values (a list)")
                 given = [_finite(value, "value")]
             if metrics:
-                base = None if frozen.user_attrs.get("baseline") else engine._baseline_metrics(self.store, study)
+                base = (
+                    None
+                    if frozen.user_attrs.get("baseline")
+                    else engine._baseline_metrics(self.store, study, self._history(study))
+                )
                 outcome = objectives.evaluate(metrics, base)
                 if outcome.values is None:
                     if given is None:
@@ -368,10 +505,16 @@ class Service:
         if reason and state == "complete":
             attrs["note"] = reason
         if not self.store.finish(
-            study, number, state=STATES[state], value=tell_value, attrs=attrs, constraints=constraints
+            study, number, state=STATES[state], value=tell_value, attrs=attrs, constraints=constraints, frozen=frozen
         ):
             raise ServiceError(409, f"trial {number} of {name!r} is already finished")
-        return trial_dict(self._frozen(study, number))
+        # The trial as now stored (not read back: nothing else may change a finished trial).
+        told = copy.copy(frozen)
+        told.state = STATES[state]
+        told.values = None if tell_value is None else (tell_value if isinstance(tell_value, list) else [tell_value])
+        told.user_attrs = {**frozen.user_attrs, **attrs}
+        told.datetime_complete = datetime.datetime.now()
+        return trial_dict(told)
 
     def best(self, name: str) -> dict[str, Any]:
         s = self.summary(name)
@@ -382,8 +525,9 @@ class Service:
         bootstrap resamples. 409 when too few trials are complete to rank."""
         from knobflow import select
 
-        exp = self.experiment(name)
-        trials = self.store.trials(self._study(name))
+        study, known = self._open(name)
+        exp = known.exp
+        trials = self._history(study)
         names = [t.name for t in exp.tunables]
         if exp.multi_objective:
             raise ServiceError(409, "importance is ranked for one objective; this experiment has several")
@@ -417,9 +561,9 @@ class Service:
 
         from knobflow.importer import write_export
 
-        exp = self.experiment(name)
+        study, known = self._open(name)
         buf = io.StringIO()
-        write_export(self.store.trials(self._study(name)), [t.name for t in exp.tunables], fmt, buf)
+        write_export(self._history(study), [t.name for t in known.exp.tunables], fmt, buf)
         return buf.getvalue()
 
     # Locks -----------------------------------------------------------------------------------
