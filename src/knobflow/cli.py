@@ -17,11 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from knobflow import _paths
+from knobflow import _paths, views
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -459,162 +458,6 @@ def _named_store(args: argparse.Namespace) -> tuple[str, Any]:
     return name, _store_for(args)
 
 
-@dataclass
-class _View:
-    """One study as the reading commands see it: its trials, and its space and objectives rebuilt
-    from the experiment file recorded when it was created (the ``spec`` user attribute)."""
-
-    name: str
-    study: Any
-    trials: list[Any]
-    spec: dict[str, Any]
-    exp: Any  # the Experiment, or None for a study whose recorded file cannot be read any more
-    space: Any
-    objectives: Any
-    progress: Any
-
-
-def _objectives_from_attrs(study: Any) -> Any:
-    from knobflow.expr import compile_expr
-    from knobflow.objective import ObjectiveDef, Objectives
-
-    defs = []
-    for i, o in enumerate(study.user_attrs.get("objectives") or []):
-        expr = compile_expr(o["expression"], boolean=False, what="metric") if o.get("expression") else None
-        label = o.get("name") or o.get("metric") or o.get("expression") or f"value{i}"
-        defs.append(ObjectiveDef(label, o.get("direction") or "maximize", o.get("metric"), expr))
-    if len(defs) != len(study.directions):
-        n = len(study.directions)
-        defs = [
-            ObjectiveDef(f"value{i}" if n > 1 else "value", d.name.lower(), None, None)
-            for i, d in enumerate(study.directions)
-        ]
-    return Objectives(tuple(defs))
-
-
-def _view(store: Any, name: str) -> _View:
-    """Raises StoreError when there is no such experiment."""
-    from knobflow.space import Param, Space
-    from knobflow.spec import Experiment, ExperimentModel
-
-    study = store.load(name)
-    trials = store.trials(study)
-    spec_attr = study.user_attrs.get("spec") or {}
-    exp: Any = None
-    try:
-        exp = Experiment(model=ExperimentModel.model_validate(spec_attr), path=None, base_dir=Path.cwd())
-        space, objectives = exp.space(), exp.objectives()
-        if len(objectives.objectives) != len(study.directions):
-            raise ValueError("the recorded objectives do not match the study")
-    except (ValueError, TypeError, KeyError):  # a study of an older or other version: use what the trials say
-        exp = None
-        dists: dict[str, Any] = {}
-        for t in trials:
-            for n, d in t.distributions.items():
-                dists.setdefault(n, d)
-        space = Space([Param(n, d, None, "stack") for n, d in dists.items()])
-        objectives = _objectives_from_attrs(study)
-    return _View(name, study, trials, dict(spec_attr), exp, space, objectives, store.progress(study))
-
-
-def _stop_reason(store: Any, v: _View) -> str | None:
-    from knobflow import engine
-    from knobflow.store import is_archive
-
-    if v.exp is None or is_archive(v.name):
-        return None
-    return engine.stop_reason(v.exp, store, v.study, engine.limits(v.exp))
-
-
-def _status(v: _View, reason: str | None) -> str:
-    from knobflow.store import is_archive
-
-    if is_archive(v.name):
-        return "archived"
-    if v.progress.running:
-        return "running"
-    if reason:
-        if reason.startswith("budget spent"):
-            return "done"
-        for start, text in (("target reached", "target"), ("time limit", "time limit"), ("patience", "patience")):
-            if reason.startswith(start):
-                return f"done ({text})"
-        return "stopped"
-    return "new" if v.progress.done == 0 else "incomplete"
-
-
-def _objectives_text(v: _View, short: bool = False) -> str:
-    words = {"maximize": "max", "minimize": "min"} if short else {}
-    return ", ".join(f"{words.get(o.direction, o.direction)} {o.label}" for o in v.objectives.objectives)
-
-
-def _trial_source(t: Any) -> str:
-    a = t.user_attrs
-    if a.get("baseline"):
-        return "baseline"
-    if a.get("imported"):
-        return "imported"
-    if a.get("warm_start"):
-        return "warm-start"
-    if a.get("warm_start_best"):
-        return "warm-start best"
-    if a.get("remeasure_of") is not None:
-        return "remeasure"
-    if a.get("requeued_from") is not None:
-        return "requeued"
-    return ""
-
-
-def _outcome(v: _View) -> dict[str, Any]:
-    """Best (single objective, median over re-measurements) or Pareto front, baseline and gain; feasible trials only."""
-    from knobflow import results
-    from knobflow.store import TrialRecord
-
-    records = [TrialRecord.from_frozen(t) for t in v.trials]
-    baseline = next((r for r in records if r.baseline and r.state == "complete" and r.values), None)
-    out: dict[str, Any] = {
-        "objectives": [{"name": o.label, "direction": o.direction} for o in v.objectives.objectives],
-        "best": None,
-        "pareto": None,
-        "baseline": None
-        if baseline is None
-        else {"trial": baseline.number, "values": baseline.values, "feasible": baseline.feasible},
-        "gain_pct": None,
-        "infeasible": sum(1 for r in records if r.state == "complete" and r.values is not None and not r.feasible),
-    }
-    if v.objectives.multi:
-        front = sorted(results.pareto(v.objectives, v.trials), key=lambda r: r.number)
-        out["pareto"] = [
-            {
-                "trial": r.number,
-                "values": r.values,
-                "params": r.params,
-                "metrics": r.metrics,
-                "source": _trial_source(t),
-            }
-            for r in front
-            for t in v.trials
-            if t.number == r.number
-        ]
-        return out
-    top = results.best(v.space, v.objectives, v.trials)
-    if top is not None:
-        r = top.record
-        out["best"] = {
-            "trial": r.number,
-            "value": top.value,
-            "measurements": top.measurements,
-            "params": r.params,
-            "metrics": r.metrics,
-            "source": _trial_source(next(t for t in v.trials if t.number == r.number)),
-        }
-        if baseline is not None and baseline.values and baseline.values[0]:
-            base = baseline.values[0]
-            delta = top.value - base
-            out["gain_pct"] = 100.0 * (delta if v.objectives.objectives[0].maximize else -delta) / abs(base)
-    return out
-
-
 def _history_line(info: Any, p: Any) -> str | None:
     """What a study holds besides its own trials: warm-start copies and imported rows."""
     parts = []
@@ -644,9 +487,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in store.names():
         if is_archive(name) and not args.all:
             continue
-        v = _view(store, name)
-        reason = _stop_reason(store, v)
-        outcome = _outcome(v)
+        v = views.view(store, name)
+        reason = views.stop_reason(store, v)
+        outcome = views.outcome(v)
         best = outcome["best"]
         rows.append(
             {
@@ -657,11 +500,11 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "best_trial": None if best is None else best["trial"],
                 "pareto": None if outcome["pareto"] is None else len(outcome["pareto"]),
                 "objectives": outcome["objectives"],
-                "status": _status(v, reason),
+                "status": views.status(v, reason),
                 "stop_reason": reason,
                 "imported": v.progress.imported,
                 "warm_start": v.progress.warm_start,
-                "objective_text": _objectives_text(v, short=True),
+                "objective_text": views.objectives_text(v, short=True),
             }
         )
     if args.json:
@@ -688,9 +531,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _failed(v: _View) -> list[dict[str, Any]]:
+def _failed(v: views.View) -> list[dict[str, Any]]:
     return [
-        {"trial": t.number, "reason": t.user_attrs.get("reason"), "source": _trial_source(t)}
+        {"trial": t.number, "reason": t.user_attrs.get("reason"), "source": views.trial_source(t)}
         for t in v.trials
         if t.state.name == "FAIL" and not t.user_attrs.get("interrupted")
     ]
@@ -770,11 +613,11 @@ def cmd_best(args: argparse.Namespace) -> int:
     if store is None:
         return _no_store(args, "best", name)
     try:
-        v = _view(store, name)
+        v = views.view(store, name)
     except StoreError as exc:
         print(f"knobflow best: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    out = _outcome(v)
+    out = views.outcome(v)
     failed = _failed(v)
     found = bool(out["best"] or out["pareto"])
     if args.json:
@@ -786,13 +629,13 @@ def cmd_best(args: argparse.Namespace) -> int:
     return EXIT_OK if found else EXIT_FAILED
 
 
-def _print_outcome(name: str, v: _View, out: dict[str, Any]) -> None:
+def _print_outcome(name: str, v: views.View, out: dict[str, Any]) -> None:
     labels = [o["name"] for o in out["objectives"]]
     if out["pareto"] is not None:
         if not out["pareto"]:
             print(f"experiment {name}: no feasible completed trial: no Pareto front")
         else:
-            print(f"experiment {name}: Pareto front of {len(out['pareto'])} trials ({_objectives_text(v)}):")
+            print(f"experiment {name}: Pareto front of {len(out['pareto'])} trials ({views.objectives_text(v)}):")
             for r in out["pareto"]:
                 vals = "  ".join(f"{k}={_fmt_value(x)}" for k, x in zip(labels, r["values"] or [], strict=False))
                 print(f"  trial {r['trial']}: {vals}  {_fmt_params(r['params'])}")
@@ -844,12 +687,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if store is None:
         return _no_store(args, "show", name)
     try:
-        v = _view(store, name)
+        v = views.view(store, name)
     except StoreError as exc:
         print(f"knobflow show: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    reason = _stop_reason(store, v)
-    out = _outcome(v)
+    reason = views.stop_reason(store, v)
+    out = views.outcome(v)
     p = v.progress
     spec = v.spec
     budget = (spec.get("budget") or {}).get("trials")
@@ -863,14 +706,14 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "values": list(t.values) if complete else None,
                 "feasible": (not t.user_attrs.get("slo_violations")) if complete else None,
                 "violations": list(t.user_attrs.get("slo_violations") or []),
-                "source": _trial_source(t),
+                "source": views.trial_source(t),
                 "params": dict(t.params),
                 "reason": t.user_attrs.get("reason"),
             }
         )
     data = {
         "experiment": name,
-        "status": _status(v, reason),
+        "status": views.status(v, reason),
         "archived": v.study.user_attrs.get("archived"),
         "description": spec.get("description", ""),
         "created": v.study.user_attrs.get("created"),
@@ -907,7 +750,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if data["description"]:
         print(f"  description: {' '.join(str(data['description']).split())}")
     print(f"  created: {data['created'] or '?'}  storage: {store.url}")
-    print(f"  objective{'s' if len(out['objectives']) > 1 else ''}: {_objectives_text(v)}")
+    print(f"  objective{'s' if len(out['objectives']) > 1 else ''}: {views.objectives_text(v)}")
     for s in data["slos"]:
         print(f"  SLO: {s}")
     for c in data["constraints"]:
@@ -971,7 +814,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if store is None:
         return _no_store(args, "export", name)
     try:
-        v = _view(store, name)
+        v = views.view(store, name)
     except StoreError as exc:
         print(f"knobflow export: {exc}", file=sys.stderr)
         return EXIT_INVALID

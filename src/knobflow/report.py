@@ -121,9 +121,9 @@ def _empty(title: str, note: str) -> dict[str, Any]:
 
 def _view(store: Any, name: str) -> Any:
     """The experiment as ``knobflow show`` reads it (raises :class:`knobflow.store.StoreError`)."""
-    from knobflow import cli
+    from knobflow import views
 
-    return cli._view(store, name)
+    return views.view(store, name)
 
 
 def _tunable_names(v: Any) -> list[str]:
@@ -146,9 +146,9 @@ def _complete(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 def _source(t: FrozenTrial) -> str:
-    from knobflow import cli
+    from knobflow import views
 
-    return str(cli._trial_source(t))
+    return str(views.trial_source(t))
 
 
 def _hover(t: FrozenTrial, labels: list[str]) -> str:
@@ -849,16 +849,16 @@ def render_experiment(store: Any, name: str, *, plotly_js: str = "inline") -> st
     page opens offline and refers to nothing outside itself), else the URL of a plotly.min.js.
     Raises :class:`knobflow.store.StoreError` for an unknown experiment, :class:`ReportError` when
     ``"inline"`` and plotly is not installed."""
-    from knobflow import cli
+    from knobflow import views
 
     v = _view(store, name)
     if plotly_js == "inline":
         script = f"<script>{_inline_plotly()}</script>\n"
     else:
         script = f'<script src="{_esc(plotly_js)}"></script>\n'
-    reason = cli._stop_reason(store, v)
-    status = cli._status(v, reason)
-    out = cli._outcome(v)
+    reason = views.stop_reason(store, v)
+    status = views.status(v, reason)
+    out = views.outcome(v)
     figs = _figures(v)
     spec = v.spec
     p = v.progress
@@ -916,16 +916,16 @@ def render_experiment(store: Any, name: str, *, plotly_js: str = "inline") -> st
 def render_index(store: Any, *, link: Callable[[str], str] = lambda name: f"{name}.html") -> str:
     """A page listing the experiments of ``store`` (not archives): name (linked to ``link(name)``),
     trials done of the budget, best value (or the Pareto front's size) and state."""
-    from knobflow import cli
+    from knobflow import views
     from knobflow.store import is_archive
 
     rows = []
     for name in store.names():
         if is_archive(name):
             continue
-        v = cli._view(store, name)
-        reason = cli._stop_reason(store, v)
-        out = cli._outcome(v)
+        v = views.view(store, name)
+        reason = views.stop_reason(store, v)
+        out = views.outcome(v)
         budget = (v.spec.get("budget") or {}).get("trials")
         if out["pareto"] is not None:
             n = len(out["pareto"])
@@ -938,9 +938,9 @@ def render_index(store: Any, *, link: Callable[[str], str] = lambda name: f"{nam
         rows.append(
             f'<tr><td><a href="{_esc(link(name))}">{_esc(name)}</a></td>'
             f'<td class="num">{v.progress.done} / {_esc(budget if budget is not None else "?")}</td>'
-            f"<td>{_esc(cli._objectives_text(v, short=True))}</td>"
+            f"<td>{_esc(views.objectives_text(v, short=True))}</td>"
             f'<td>{_esc(best)}</td><td class="num">{_esc(gain)}</td>'
-            f"<td>{_esc(cli._status(v, reason))}</td></tr>"
+            f"<td>{_esc(views.status(v, reason))}</td></tr>"
         )
     if rows:
         body = (

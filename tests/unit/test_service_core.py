@@ -126,6 +126,8 @@ def test_the_per_process_caches_keep_the_experiments_used_last(url: str) -> None
     _pair(s, "e0")  # forgotten, not broken: read again from the store
     assert [t["number"] for t in s.trials("e0")] == [0, 1]
     assert list(s._known) == [ids["e2"], ids["e0"]]
+    s.archive("e2")  # an archived experiment is forgotten at once
+    assert list(s._known) == [ids["e0"]] and ids["e2"] not in cached
 
 
 def test_an_ask_and_a_tell_cost_a_bounded_number_of_sql_statements(url: str) -> None:

@@ -53,8 +53,8 @@ def _open(experiment: str, storage: str | None, conn_id: str | None) -> Any:
 
 
 def _view(store: Any, experiment: str) -> Any:
-    from knobflow.cli import _view as view
     from knobflow.store import StoreError
+    from knobflow.views import view
 
     try:
         return view(store, experiment)
@@ -73,7 +73,7 @@ def knobflow_best(experiment: str, storage: str | None = None, *, conn_id: str |
     :param storage: the store's SQLAlchemy URL (default: see the module docstring).
     :param conn_id: a ``knobflow`` connection naming the store, instead of ``storage``.
     """
-    from knobflow.cli import _outcome
+    from knobflow.views import outcome
 
     v = _view(_open(experiment, storage, conn_id), experiment)
     if v.objectives.multi:
@@ -81,7 +81,7 @@ def knobflow_best(experiment: str, storage: str | None = None, *, conn_id: str |
             f"experiment {experiment!r} has {len(v.objectives.objectives)} objectives and so a Pareto front, "
             "not one best trial; read its trials with knobflow_trials"
         )
-    best = _outcome(v)["best"]
+    best = outcome(v)["best"]
     if best is None:
         raise KnobflowResultError(
             f"experiment {experiment!r} has no completed trial that broke no SLO yet: no best configuration"

@@ -263,15 +263,20 @@ class Service:
         }
 
     def archive(self, name: str) -> str:
-        self._study(name)
+        study_id = self._study(name)._study_id
         try:
-            return self.store.archive(name)
+            archived = self.store.archive(name)
         except StoreError as exc:
             raise ServiceError(409, str(exc)) from None
+        with self._locks_guard:  # the study is gone (copied under the archive's name): forget it now
+            self._known.pop(study_id, None)
+            self._forget(study_id)
+        return archived
 
     # Trials ----------------------------------------------------------------------------------
     def trials(self, name: str) -> list[dict[str, Any]]:
-        return [trial_dict(t) for t in self._history(self._study(name))]
+        study, _ = self._open(name)  # among the experiments used last, whose trials the cache keeps
+        return [trial_dict(t) for t in self._history(study)]
 
     def trial(self, name: str, number: int) -> dict[str, Any]:
         return trial_dict(self._frozen(self._study(name), number))
