@@ -73,6 +73,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--plot", type=Path, help="where to write the plot (the full tier: docs/images/...)")
     ap.add_argument("--no-plot", action="store_true", help="no plot")
     ap.add_argument("--fresh", action="store_true", help="re-run runs found in the cache")
+    ap.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="save each trial of a run here and resume a stopped run after its last saved trial\n"
+        "(Optuna-sampler tuners only: GP's 50-trial runs take up to an hour each)",
+    )
     ap.add_argument("--report-only", action="store_true", help="summarise the cached runs; run nothing")
     ap.add_argument("--list", action="store_true", help="list problems and tuners with their availability")
     return ap.parse_args(argv)
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen_problems or not tuners:
         print("nothing to run", file=sys.stderr)
         return 2
-    tasks = [runner.Task(p, t, s, trials) for p in chosen_problems for t in tuners for s in seeds]
+    checkpoints = None if args.checkpoints is None or args.fresh else str(args.checkpoints)
+    tasks = [runner.Task(p, t, s, trials, checkpoints) for p in chosen_problems for t in tuners for s in seeds]
     print(
         f"{len(chosen_problems)} problems x {len(tuners)} tuners ({', '.join(tuners)}) x {len(seeds)} seeds, "
         f"{trials} trials, {args.jobs} processes -> {out}",

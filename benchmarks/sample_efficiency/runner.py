@@ -50,6 +50,7 @@ class Task:
     tuner: str
     seed: int
     trials: int
+    checkpoints: str | None = None  # a folder: the run saves each trial there and resumes from it
 
     @property
     def key(self) -> tuple[str, str, int, int]:
@@ -178,8 +179,66 @@ def fingerprint(tuner: str, problem: str) -> str:
     return h.hexdigest()[:16]
 
 
+def resumable(tuner: str) -> bool:
+    """Whether a run of ``tuner`` can stop after any trial and resume with the proposals an
+    uninterrupted run makes: Optuna's samplers keep no state outside the study (knobflow rebuilds
+    them for each proposal, seeded from the number of trials so far), so a study rebuilt from the
+    trials is all they need. ``auto`` (its rejection count), the online tuners and SMAC keep state
+    of their own: their runs start over."""
+    from knobflow.tuners.optuna import SAMPLERS
+
+    return tuner in SAMPLERS
+
+
+def checkpoint_path(task: Task) -> Path | None:
+    """Where a run saves its trials as it goes (None: it does not), named after the task and the
+    code's fingerprint, so a checkpoint of other code is never resumed."""
+    if task.checkpoints is None or not resumable(task.tuner):
+        return None
+    fp = fingerprint(task.tuner, task.problem)
+    return Path(task.checkpoints) / f"{task.problem}.{task.tuner}.seed{task.seed}.n{task.trials}.{fp}.jsonl"
+
+
+def _saved_trials(path: Path | None) -> list[dict[str, Any]]:
+    """The trials a checkpoint holds, in order (a partly written last line, from a killed run, is dropped)."""
+    if path is None or not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if rec.get("number") != len(out):
+            break
+        out.append(rec)
+    return out
+
+
+def _restore(study: optuna.Study, saved: dict[str, Any]) -> None:
+    """Add a saved trial to the study as the run had it: parameters, their distributions, state,
+    value and attributes (what the tuners read)."""
+    state = TrialState[saved["state"]]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            value=saved["noisy"] if state == TrialState.COMPLETE else None,
+            params=saved["params"],
+            distributions={n: optuna.distributions.json_to_distribution(d) for n, d in saved["distributions"].items()},
+            user_attrs=saved["user_attrs"],
+            system_attrs=saved["system_attrs"],
+        )
+    )
+
+
 def run_one(task: Task) -> dict[str, Any]:
-    """One run, as knobflow runs an experiment: the defaults as trial 0, then ``trials - 1`` proposals."""
+    """One run, as knobflow runs an experiment: the defaults as trial 0, then ``trials - 1`` proposals.
+
+    With ``task.checkpoints`` (and a :func:`resumable` tuner), each trial is saved as it ends and a
+    run that was stopped resumes after its last saved trial; the checkpoint is removed when the run
+    is done. The record is the uninterrupted run's (``resumed_at`` lists the trials it resumed at;
+    ``wall_s`` sums the trials' times).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     problem = problems.get(task.problem)
@@ -187,16 +246,25 @@ def run_one(task: Task) -> dict[str, Any]:
     study = optuna.create_study(
         storage=optuna.storages.InMemoryStorage(), direction="maximize" if problem.maximize else "minimize"
     )
-    study.enqueue_trial(space.defaults(), user_attrs={"baseline": True})
+    cp = checkpoint_path(task)
+    saved = _saved_trials(cp)[: task.trials]
+    for rec in saved:
+        _restore(study, rec)
+    if not saved:
+        study.enqueue_trial(space.defaults(), user_attrs={"baseline": True})
     tuner = make_tuner(task.tuner, task.seed, space, task.trials)
-    noisy: list[float | None] = []
-    true: list[float | None] = []
-    ask_s: list[float] = []
-    sources: list[str] = []
-    broken: list[dict[str, Any]] = []
+    noisy: list[float | None] = [r["noisy"] for r in saved]
+    true: list[float | None] = [r["true"] for r in saved]
+    ask_s: list[float] = [r["ask_s"] for r in saved]
+    sources: list[str] = [r["source"] for r in saved]
+    broken: list[dict[str, Any]] = [b for r in saved for b in r["broken"]]
+    trial_s: list[float] = [r["trial_s"] for r in saved]
     started = time.perf_counter()
+    if cp is not None:  # rewritten with the trials it resumes from (a partly written line dropped)
+        cp.parent.mkdir(parents=True, exist_ok=True)
+        cp.write_text("".join(json.dumps(r) + "\n" for r in saved))
     try:
-        for _ in range(task.trials):
+        for _ in range(len(saved), task.trials):
             t0 = time.perf_counter()
             trial = base.ask(tuner, study, space, seed=task.seed)
             ask_s.append(time.perf_counter() - t0)
@@ -205,15 +273,38 @@ def run_one(task: Task) -> dict[str, Any]:
             if wrong:
                 broken.append({"trial": trial.number, "problems": wrong})
             y, f = problem.evaluate(params, noise_rng(task.problem, task.seed, trial.number))
-            base.tell(study, trial.number, TrialState.COMPLETE if y is not None else TrialState.FAIL, y)
+            state = TrialState.COMPLETE if y is not None else TrialState.FAIL
+            base.tell(study, trial.number, state, y)
             noisy.append(y)
             true.append(f)
             sources.append(str(trial.user_attrs.get("proposed_by", "baseline" if trial.number == 0 else "")))
+            trial_s.append(time.perf_counter() - t0)
+            if cp is not None:
+                done = study._storage.get_trial(trial._trial_id)
+                line = {
+                    "number": trial.number,
+                    "params": done.params,
+                    "distributions": {
+                        n: optuna.distributions.distribution_to_json(d) for n, d in done.distributions.items()
+                    },
+                    "state": state.name,
+                    "user_attrs": done.user_attrs,
+                    "system_attrs": done.system_attrs,
+                    "noisy": y,
+                    "true": f,
+                    "ask_s": ask_s[-1],
+                    "source": sources[-1],
+                    "broken": [b for b in broken if b["trial"] == trial.number],
+                    "trial_s": trial_s[-1],
+                    "resumed": bool(saved) and trial.number == len(saved),
+                }
+                with open(cp, "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
     finally:
         close = getattr(tuner, "close", None)
         if close is not None:
             close()
-    return {
+    record: dict[str, Any] = {
         "problem": task.problem,
         "tuner": task.tuner,
         "seed": task.seed,
@@ -225,8 +316,13 @@ def run_one(task: Task) -> dict[str, Any]:
         "sources": sources,
         "broken": broken,
         "rejections": getattr(tuner, "rejections", None),
-        "wall_s": round(time.perf_counter() - started, 3),
+        "wall_s": round(sum(trial_s) if saved else time.perf_counter() - started, 3),
     }
+    if saved:
+        record["resumed_at"] = [r["number"] for r in saved if r.get("resumed")] + [len(saved)]
+    if cp is not None:
+        cp.unlink(missing_ok=True)
+    return record
 
 
 # Cache ------------------------------------------------------------------------------------------------

@@ -173,6 +173,48 @@ def test_smoke_tier_runs_resumes_and_writes_the_table(tmp_path: Path) -> None:
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(records)
 
 
+@pytest.mark.parametrize("tuner", ["tpe", "random"])
+def test_a_run_stopped_after_any_trial_resumes_to_the_uninterrupted_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tuner: str
+) -> None:
+    """GP's runs take up to an hour: a run is saved trial by trial and resumes with the proposals
+    an uninterrupted run makes (Optuna-sampler tuners keep no state outside the study)."""
+    problem = "jvm-sim-constrained"  # conditions, constraints and failure regions: failed trials too
+    whole = runner.run_one(runner.Task(problem, tuner, 3, 18))
+    task = runner.Task(problem, tuner, 3, 18, str(tmp_path))
+    path = runner.checkpoint_path(task)
+    assert path is not None and runner.resumable(tuner) and not runner.resumable("auto")
+
+    # Stop the run twice (after trials 5 and 13) as a killed process would, mid-line the second time.
+    real_evaluate = problems.get(problem).evaluate
+    calls = {"n": 0, "stop_at": 6}
+
+    def evaluate(params: dict, rng: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > calls["stop_at"]:
+            raise KeyboardInterrupt
+        return real_evaluate(params, rng)
+
+    monkeypatch.setattr(problems.get(problem), "evaluate", evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_one(task)
+    assert len(path.read_text().splitlines()) == 6
+    calls.update(n=0, stop_at=8)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_one(task)
+    with open(path, "a") as fh:
+        fh.write('{"number": 14, "params": {"trunc')  # a partly written line
+    monkeypatch.setattr(problems.get(problem), "evaluate", real_evaluate)
+    resumed = runner.run_one(task)
+
+    assert not path.exists()  # removed once the run is done
+    assert resumed["resumed_at"] == [6, 14]
+    for key in ("noisy", "true", "sources", "broken", "rejections", "fingerprint"):
+        assert resumed[key] == whole[key], key
+    if tuner == "random":
+        assert None in whole["noisy"][:14]  # a failed trial was among those replayed
+
+
 def test_a_longer_cached_run_answers_a_shorter_task_except_for_budget_aware_tuners() -> None:
     def record(tuner: str, trials: int, seed: int = 0) -> dict:
         return {
