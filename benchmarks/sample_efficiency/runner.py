@@ -110,9 +110,32 @@ def _tuner_sources(tuner: str) -> list[str]:
     elif tuner in kopt.SAMPLERS:
         spec = kopt.SAMPLERS[tuner]
         parts += [inspect.getsource(kopt.OptunaTuner), inspect.getsource(kopt._shadow)]
-        parts += [inspect.getsource(kopt._derive_seed), inspect.getsource(spec.factory), repr(spec.reseed)]
+        parts += [inspect.getsource(kopt._derive_seed), *_factory_sources(spec.factory), repr(spec.reseed)]
     else:
         parts.append(inspect.getsource(kopt.IdentityTuner))
+    return parts
+
+
+def _factory_sources(factory: Callable[..., Any]) -> list[str]:
+    """A sampler factory's source and, transitively, that of the functions and classes of
+    :mod:`knobflow.tuners.optuna` it uses (say, the wrapper that repairs the GP's refused proposals)
+    and the values of that module's constants they name."""
+    from knobflow.tuners import optuna as kopt
+
+    parts: list[str] = []
+    seen: set[str] = set()
+    todo: list[Any] = [factory]
+    while todo:
+        source = textwrap.dedent(inspect.getsource(todo.pop()))
+        parts.append(source)
+        names = sorted({n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)} - seen)
+        for name in names:
+            seen.add(name)
+            obj = getattr(kopt, name, None)
+            if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == kopt.__name__:
+                todo.append(obj)
+            elif isinstance(obj, int | float | str) and name.isupper():
+                parts.append(f"{name} = {obj!r}")
     return parts
 
 

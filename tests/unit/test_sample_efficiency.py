@@ -272,6 +272,19 @@ class T:
         assert (runner.meaning(changed) == runner.meaning(src)) is changed.startswith("    "), changed
 
 
+def test_a_samplers_fingerprint_follows_the_helpers_its_factory_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gp's runs depend on the wrapper that repairs its refused proposals and on that wrapper's
+    constant; TPE's do not, so a change there leaves TPE's cached runs current."""
+    from knobflow.tuners import optuna as kopt
+
+    before = {t: runner.fingerprint(t, "jvm-sim") for t in ("gp", "tpe")}
+    monkeypatch.setattr(kopt, "REPAIR_RAMP", kopt.REPAIR_RAMP + 1)
+    assert runner.fingerprint("gp", "jvm-sim") != before["gp"]
+    assert runner.fingerprint("tpe", "jvm-sim") == before["tpe"]
+    sources = runner._tuner_sources("gp")
+    assert any(p.startswith("class RepairingSampler") for p in sources)
+
+
 # No infeasible configuration, whatever the tuner ---------------------------------------------------------
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna._transform import _SearchSpaceTransform
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -46,8 +49,93 @@ def _qmc(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistributio
         return optuna.samplers.QMCSampler(seed=seed, **kwargs)
 
 
+REPAIR_RAMP = 16  # repairs after which every tunable moves, as far as across its whole range
+
+
+class RepairingSampler(optuna.samplers.BaseSampler):
+    """A model-based sampler whose refused proposals are repaired, not re-modelled.
+
+    knobflow tells a proposal it refuses (a broken constraint, a configuration already measured)
+    as failed in the shadow study and asks again (:class:`OptunaTuner`). A cheap sampler just draws
+    again. An expensive one would refit its model and re-optimise its acquisition function for
+    every redraw: Optuna's GP sampler takes 10 to 60 s for that over 31 mixed tunables, and as its
+    model ignores failed trials it proposes about the same point again, up to ``MAX_ATTEMPTS``
+    times in one proposal. This wrapper asks the model once per proposal. After the k-th refusal
+    it moves ``max(1, round(s * d))`` of the model's d tunables, s = ``min(1, k / REPAIR_RAMP)``:
+    a numeric one by a Gaussian step of width ``0.05 + 0.5 s`` of its (log-)range, reflected at the
+    bounds; a categorical one to another choice. The first repairs stay next to the model's choice;
+    later ones widen towards a random draw. Tunables outside the model's (relative) search space,
+    such as conditional ones, go to the model's independent sampler as before.
+    """
+
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int | None = None):
+        self.base = base
+        self._rng = random.Random(seed)
+        self._last: tuple[int, dict[str, Any], dict[str, BaseDistribution]] | None = None
+        self.model_calls = 0  # proposals the base sampler made (each a model fit)
+        self.repairs = 0  # repairs since the model's last proposal
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.base.infer_relative_search_space(study, trial)
+
+    def _refused(self, study: optuna.Study, search_space: dict[str, BaseDistribution]) -> bool:
+        if self._last is None or self._last[2] != search_space:
+            return False
+        number = self._last[0]
+        trials = study.get_trials(deepcopy=False)
+        return number < len(trials) and trials[number].state == TrialState.FAIL
+
+    def _move(self, name: str, dist: BaseDistribution, value: Any, width: float) -> Any:
+        if isinstance(dist, CategoricalDistribution):
+            others = [c for c in dist.choices if c != value]
+            return self._rng.choice(others) if others else value
+        trans = _SearchSpaceTransform({name: dist}, transform_0_1=True)
+        x = float(trans.transform({name: value})[0]) + self._rng.gauss(0.0, width)
+        while not 0.0 <= x <= 1.0:  # reflect at the bounds
+            x = -x if x < 0.0 else 2.0 - x
+        return trans.untransform(np.array([x]))[name]
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if self._refused(study, search_space):
+            assert self._last is not None
+            self.repairs += 1
+            share = min(1.0, self.repairs / REPAIR_RAMP)
+            chosen = self._last[1]
+            names = sorted(chosen)
+            params = dict(chosen)
+            for name in self._rng.sample(names, max(1, round(share * len(names)))):
+                params[name] = self._move(name, search_space[name], chosen[name], 0.05 + 0.5 * share)
+            self._last = (trial.number, chosen, search_space)
+            return params
+        self.repairs = 0
+        self.model_calls += 1
+        params = self.base.sample_relative(study, trial, search_space)
+        self._last = (trial.number, params, search_space) if params else None
+        return params
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._rng.seed()
+
+
 def _gp(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GPSampler(seed=seed, **options)
+    # Each GP proposal refits the model and optimises the acquisition function: repair refusals.
+    return RepairingSampler(optuna.samplers.GPSampler(seed=seed, **options), seed)
 
 
 def _cmaes(seed: int | None, options: dict[str, Any], _: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
