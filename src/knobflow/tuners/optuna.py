@@ -72,7 +72,7 @@ class RepairingSampler(optuna.samplers.BaseSampler):
         self.base = base
         self._rng = random.Random(seed)
         self._last: tuple[int, dict[str, Any], dict[str, BaseDistribution]] | None = None
-        self.model_calls = 0  # proposals the base sampler made (each a model fit)
+        self.model_calls = 0  # asks that reached the base sampler (a model fit once past its start-up trials)
         self.repairs = 0  # repairs since the model's last proposal
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
